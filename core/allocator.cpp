@@ -1,0 +1,55 @@
+#include "core/allocator.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "core/error.h"
+
+namespace scanline {
+namespace {
+
+class CpuAllocator final : public Allocator {
+ public:
+  void* allocate(size_t nbytes, Device) override {
+    if (nbytes == 0) return nullptr;
+    size_t rounded = (nbytes + 63) / 64 * 64;  // aligned_alloc needs a multiple of the alignment
+    void* ptr = std::aligned_alloc(64, rounded);
+    SCANLINE_CHECK(ptr != nullptr, "cpu allocator: out of memory allocating ", nbytes, " bytes");
+    return ptr;
+  }
+  void deallocate(void* ptr, size_t, Device) override { std::free(ptr); }
+};
+
+CpuAllocator cpu_allocator;
+Allocator* cuda_allocator = nullptr;
+CopyBytesFn device_copy = nullptr;
+
+}  // namespace
+
+Allocator& allocator_for(Device device) {
+  if (device.is_cpu()) return cpu_allocator;
+  SCANLINE_CHECK(cuda_allocator != nullptr, "allocator: ", device,
+                 " requested but this build has no CUDA backend (configure with SCANLINE_CUDA=ON)");
+  return *cuda_allocator;
+}
+
+void register_allocator(Device::Kind kind, Allocator* allocator) {
+  SCANLINE_CHECK(kind == Device::Kind::cuda, "register_allocator: only the CUDA allocator is pluggable");
+  cuda_allocator = allocator;
+}
+
+void register_copy_bytes(CopyBytesFn fn) { device_copy = fn; }
+
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes) {
+  if (nbytes == 0) return;
+  if (dst_device.is_cpu() && src_device.is_cpu()) {
+    std::memcpy(dst, src, nbytes);
+    return;
+  }
+  SCANLINE_CHECK(device_copy != nullptr, "copy: from ", src_device, " to ", dst_device,
+                 " needs the CUDA backend, which this build lacks");
+  device_copy(dst, dst_device, src, src_device, nbytes);
+}
+
+}  // namespace scanline

@@ -1,0 +1,57 @@
+// The scanline command line: `scanline <command> [options]`. Errors become a message and exit code.
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+
+#include "core/error.h"
+
+namespace scanline::cli {
+int demo_mlp(int argc, char** argv);
+}
+
+namespace {
+
+void print_help() {
+  std::printf(
+      "scanline %s: train selective state-space language models\n"
+      "\n"
+      "usage: scanline <command> [options]\n"
+      "\n"
+      "commands:\n"
+      "  demo-mlp [--steps N] [--seed S]   train a 2-layer MLP on a synthetic regression (CPU)\n"
+      "  --version                         print the version and build configuration\n"
+      "  --help                            this text\n"
+      "\n"
+      "train, eval, generate, prepare, bench and launch arrive with their issues (docs/DESIGN.md).\n",
+      SCANLINE_VERSION);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
+    print_help();
+    return argc < 2 ? 2 : 0;
+  }
+  std::string command = argv[1];
+  if (command == "--version" || command == "version") {
+#ifdef SCANLINE_HAVE_CUDA
+    std::printf("scanline %s (CUDA backend compiled in)\n", SCANLINE_VERSION);
+#else
+    std::printf("scanline %s (CPU only)\n", SCANLINE_VERSION);
+#endif
+    return 0;
+  }
+  try {
+    if (command == "demo-mlp") return scanline::cli::demo_mlp(argc - 1, argv + 1);
+  } catch (const scanline::Error& e) {
+    std::fprintf(stderr, "scanline %s: error: %s\n", command.c_str(), e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "scanline %s: internal error: %s\n", command.c_str(), e.what());
+    return 3;
+  }
+  std::fprintf(stderr, "scanline: unknown command '%s' (see scanline --help)\n", command.c_str());
+  return 2;
+}
