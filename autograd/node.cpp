@@ -5,6 +5,21 @@
 
 namespace scanline::autograd {
 
+Node::~Node() {
+  // Letting shared_ptr destroy a chain would recurse once per node and overflow the stack on
+  // deep graphs: take the children out and release them one at a time instead.
+  std::vector<std::shared_ptr<Node>> stack;
+  for (Edge& e : next_edges)
+    if (e.node) stack.push_back(std::move(e.node));
+  while (!stack.empty()) {
+    std::shared_ptr<Node> node = std::move(stack.back());
+    stack.pop_back();
+    if (node.use_count() == 1)  // the last owner: its children go on the stack before it dies
+      for (Edge& e : node->next_edges)
+        if (e.node) stack.push_back(std::move(e.node));
+  }
+}
+
 std::vector<Tensor> FunctionNode::apply(const std::vector<Tensor>& grads) {
   SCANLINE_CHECK(fn_ != nullptr, "backward: the graph through '", name_,
                  "' was already used and freed; pass retain_graph=true to backward twice");

@@ -29,7 +29,7 @@ struct TensorMeta {
 
 class Node {
  public:
-  virtual ~Node() = default;
+  virtual ~Node();  // iterative: a long chain must not recurse once per node
   virtual std::string name() const = 0;
   // grads[i] is the gradient of output i (zeros if none reached it); returns one gradient per
   // input (undefined where next_edges[i] is empty).

@@ -6,6 +6,12 @@
 
 #include "core/error.h"
 
+#ifdef SCANLINE_HAVE_CUDA
+#include "core/cuda/caching_allocator.h"
+#include "core/cuda/device_copy.h"
+#include "core/cuda/stream.h"
+#endif
+
 namespace scanline {
 namespace {
 
@@ -22,8 +28,26 @@ class CpuAllocator final : public Allocator {
 };
 
 CpuAllocator cpu_allocator;
-Allocator* cuda_allocator = nullptr;
-CopyBytesFn device_copy = nullptr;
+
+#ifdef SCANLINE_HAVE_CUDA
+// Device memory from the caching allocator, on the device's current stream.
+class CudaAllocator final : public Allocator {
+ public:
+  void* allocate(size_t nbytes, Device device) override {
+    if (nbytes == 0) return nullptr;
+    return cuda::device_allocate(nbytes, device.index, cuda::current_stream(device.index));
+  }
+  void deallocate(void* ptr, size_t, Device) override {
+    if (ptr) cuda::device_free(ptr);
+  }
+};
+CudaAllocator cuda_caching_allocator;
+Allocator* const cuda_allocator = &cuda_caching_allocator;
+CopyBytesFn const device_copy = &cuda::copy_bytes;
+#else
+Allocator* const cuda_allocator = nullptr;
+CopyBytesFn const device_copy = nullptr;
+#endif
 
 }  // namespace
 
@@ -33,13 +57,6 @@ Allocator& allocator_for(Device device) {
                  " requested but this build has no CUDA backend (configure with SCANLINE_CUDA=ON)");
   return *cuda_allocator;
 }
-
-void register_allocator(Device::Kind kind, Allocator* allocator) {
-  SCANLINE_CHECK(kind == Device::Kind::cuda, "register_allocator: only the CUDA allocator is pluggable");
-  cuda_allocator = allocator;
-}
-
-void register_copy_bytes(CopyBytesFn fn) { device_copy = fn; }
 
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes) {
   if (nbytes == 0) return;

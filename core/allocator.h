@@ -1,6 +1,6 @@
 #pragma once
-// Raw memory for storages. CPU memory is 64-byte aligned; the CUDA backend registers its caching
-// allocator for Device::Kind::cuda when it is linked in.
+// Raw memory for storages. CPU memory is 64-byte aligned; CUDA memory comes from the caching
+// allocator in core/cuda/ when the build has CUDA.
 #include <cstddef>
 
 #include "core/device.h"
@@ -14,13 +14,12 @@ class Allocator {
   virtual void deallocate(void* ptr, size_t nbytes, Device device) = 0;
 };
 
-Allocator& allocator_for(Device device);               // Error if none is registered
-void register_allocator(Device::Kind kind, Allocator* allocator);
+Allocator& allocator_for(Device device);  // Error for CUDA in a CPU-only build
 
-// Copies bytes between any two devices (CPU-CPU is memcpy; CUDA copies go through the backend).
+// Copies bytes between any two devices (CPU-CPU is memcpy; CUDA copies are stream-ordered on the
+// current stream and complete before returning when host memory is involved).
 using CopyBytesFn = void (*)(void* dst, Device dst_device, const void* src, Device src_device,
                              size_t nbytes);
-void register_copy_bytes(CopyBytesFn fn);
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes);
 
 }  // namespace scanline

@@ -1,6 +1,8 @@
 #include "core/random.h"
 
 #include <cmath>
+#include <limits>
+#include <type_traits>
 #include <numbers>
 
 #include "core/parallel.h"
@@ -47,7 +49,7 @@ Tensor generate(const Shape& shape, Generator& gen, TensorOptions options, const
   dispatch_all(options.dtype, op, [&]<typename T>() {
     T* out = host.data_ptr<T>();
     parallel_for(host.numel(), 16384, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) out[i] = T(value(gen.words(first + uint64_t(i))));
+      for (int64_t i = begin; i < end; ++i) out[i] = value.template operator()<T>(gen.words(first + uint64_t(i)));
     });
   });
   Tensor t = options.device.is_cpu() ? host : contiguous_copy(host, options.dtype, options.device);
@@ -55,34 +57,53 @@ Tensor generate(const Shape& shape, Generator& gen, TensorOptions options, const
   return t;
 }
 
+// The next representable value below v (bf16/f16 bit patterns order like sign-magnitude ints).
+template <typename T>
+T next_down(T v) {
+  if constexpr (std::is_same_v<T, BFloat16> || std::is_same_v<T, Half>) {
+    T out;
+    out.bits = (v.bits & 0x7fffu) == 0 ? uint16_t(0x8001u)
+               : (v.bits & 0x8000u)    ? uint16_t(v.bits + 1u)
+                                       : uint16_t(v.bits - 1u);
+    return out;
+  } else {
+    return std::nextafter(v, -std::numeric_limits<T>::infinity());
+  }
+}
+
 }  // namespace
 
 Tensor rand(const Shape& shape, Generator& gen, TensorOptions options, double low, double high) {
   SCANLINE_CHECK(is_floating(options.dtype), "rand: expected a floating dtype but found ", options.dtype);
   SCANLINE_CHECK(low < high, "rand: expected low < high but found [", low, ", ", high, ")");
-  return generate(shape, gen, options, "rand", [=](std::array<uint32_t, 4> w) {
-    return low + (high - low) * uniform01(w[0], w[1]);
+  return generate(shape, gen, options, "rand", [=]<typename T>(std::array<uint32_t, 4> w) {
+    T v = T(low + (high - low) * uniform01(w[0], w[1]));
+    if constexpr (!std::is_integral_v<T>) {
+      // Rounding into the dtype can land on high itself: step down to the value just below it.
+      while (double(v) >= high) v = next_down(v);
+    }
+    return v;
   });
 }
 
 Tensor randn(const Shape& shape, Generator& gen, TensorOptions options, double mean, double std) {
   SCANLINE_CHECK(is_floating(options.dtype), "randn: expected a floating dtype but found ", options.dtype);
-  return generate(shape, gen, options, "randn", [=](std::array<uint32_t, 4> w) {
+  return generate(shape, gen, options, "randn", [=]<typename T>(std::array<uint32_t, 4> w) {
     double u1 = 1.0 - uniform01(w[0], w[1]);  // (0, 1]: log stays finite
     double u2 = uniform01(w[2], w[3]);
-    return mean + std * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
+    return T(mean + std * std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2));
   });
 }
 
 Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator& gen, TensorOptions options) {
   SCANLINE_CHECK(low < high, "randint: expected low < high but found [", low, ", ", high, ")");
   uint64_t range = uint64_t(high - low);
-  return generate(shape, gen, options, "randint", [=](std::array<uint32_t, 4> w) {
+  return generate(shape, gen, options, "randint", [=]<typename T>(std::array<uint32_t, 4> w) {
     uint64_t bits = (uint64_t(w[0]) << 32) | w[1];
     // Multiply-shift keeps the bias below 2^-64 * range: negligible for any real range.
     __extension__ using u128 = unsigned __int128;
     auto scaled = uint64_t((u128(bits) * range) >> 64);
-    return low + int64_t(scaled);
+    return T(low + int64_t(scaled));
   });
 }
 

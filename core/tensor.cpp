@@ -1,5 +1,6 @@
 #include "core/tensor.h"
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <iomanip>
@@ -146,11 +147,25 @@ Tensor as_strided(const Tensor& base, const Shape& shape, const Shape& strides, 
 
 namespace {
 
+// double -> float rounding to odd (toward zero, last bit set when inexact): rounding that float
+// to bf16 or f16 then gives the same result as rounding the double directly, never a double
+// rounding.
+float to_float_round_odd(double d) {
+  float f = float(d);
+  if (!std::isfinite(d) || double(f) == d) return f;
+  uint32_t u = std::bit_cast<uint32_t>(f);
+  if (std::fabs(double(f)) > std::fabs(d)) --u;  // rounded away from zero: step back
+  return std::bit_cast<float>(u | 1u);
+}
+
 template <typename D, typename S>
 D convert_value(S s) {
   if constexpr (std::is_same_v<D, S>) return s;
   else if constexpr (std::is_same_v<D, bool>) return float(s) != 0.0f;
   else if constexpr (std::is_integral_v<D> && std::is_integral_v<S>) return D(s);
+  else if constexpr ((std::is_same_v<D, BFloat16> || std::is_same_v<D, Half>) &&
+                     (std::is_same_v<S, double> || std::is_integral_v<S>))
+    return D(to_float_round_odd(double(s)));
   else if constexpr (std::is_same_v<S, double> || std::is_integral_v<S>) return D(double(s));
   else return D(float(s));  // f32/bf16/f16 to anything floating: exact through float
 }
@@ -199,6 +214,10 @@ Tensor contiguous_copy(const Tensor& src, DType dtype, Device device) {
   Tensor out = empty(src.shape(), {.dtype = dtype, .device = device});
   copy_into(out, src);
   return out;
+}
+
+Tensor as_contiguous(const Tensor& t) {
+  return t.is_contiguous() ? t : contiguous_copy(t, t.dtype(), t.device());
 }
 
 void fill_(const Tensor& t, double value) {

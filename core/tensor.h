@@ -109,6 +109,8 @@ Tensor as_strided(const Tensor& base, const Shape& shape, const Shape& strides, 
 void copy_into(const Tensor& dst, const Tensor& src);
 // A contiguous tensor with src's values in `dtype` on `device`, no autograd.
 Tensor contiguous_copy(const Tensor& src, DType dtype, Device device);
+// t itself when contiguous, else a contiguous copy (no autograd): for kernels that want dense input.
+Tensor as_contiguous(const Tensor& t);
 // Fills every element of t with value (converted to t's dtype).
 void fill_(const Tensor& t, double value);
 

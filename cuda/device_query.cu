@@ -1,4 +1,4 @@
-#include "cuda/cuda_check.h"
+#include "core/cuda/cuda_check.h"
 #include "cuda/device_query.h"
 
 namespace scanline::cuda {

@@ -1,15 +1,10 @@
 #pragma once
 // Elementwise ops with numpy broadcasting. Both tensor operands must share dtype and device; a
 // scalar operand takes the tensor's dtype.
+#include "core/op_kinds.h"
 #include "core/tensor.h"
 
 namespace scanline {
-
-enum class BinaryOp : uint8_t { add, sub, mul, div, maximum, minimum, pow };
-enum class UnaryOp : uint8_t {
-  neg, exp, log, sqrt, rsqrt, square, sigmoid, silu, softplus, gelu, gelu_tanh, relu, tanh, abs
-};
-enum class CompareOp : uint8_t { eq, ne, lt, le, gt, ge };
 
 Tensor add(const Tensor& a, const Tensor& b);
 Tensor sub(const Tensor& a, const Tensor& b);

@@ -122,8 +122,10 @@ Tensor sum_to(const Tensor& x, const Shape& shape) {
   SCANLINE_CHECK(x.dim() >= int64_t(shape.size()), "sum_to: cannot reduce ", describe(x), " to ", shape);
   size_t lead = size_t(x.dim()) - shape.size();
   std::vector<int64_t> dims;
-  for (size_t d = 0; d < size_t(x.dim()); ++d)
+  for (size_t d = 0; d < size_t(x.dim()); ++d) {
     if (d < lead || (shape[d - lead] == 1 && x.shape()[d] != 1)) dims.push_back(int64_t(d));
+    else SCANLINE_CHECK(shape[d - lead] == x.shape()[d], "sum_to: cannot reduce ", describe(x), " to ", shape);
+  }
   Tensor reduced = dims.empty() ? x : sum(x, dims, true);
   return reshape(reduced, shape);
 }

@@ -234,7 +234,7 @@ Tensor expand(const Tensor& x, const Shape& target) {
       SCANLINE_CHECK(i >= lead, "expand: -1 is not allowed for a new leading dimension in ", target);
       shape[i] = have;
     }
-    SCANLINE_CHECK(have == shape[i] || have == 1, "expand: cannot expand ", describe(x), " to ",
+    SCANLINE_CHECK(shape[i] >= 0 && (have == shape[i] || have == 1), "expand: cannot expand ", describe(x), " to ",
                    target, " (dimension ", i, ": ", have, " vs ", shape[i], ")");
   }
   Shape strides = broadcast_strides(x.shape(), x.strides(), shape);

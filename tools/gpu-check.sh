@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# On the GPU machine: builds for Hopper (sm_90a) with all cores, runs every test (CUDA ones
+# included) and the benchmarks, and writes logs plus a summary table under $OUT (or build-gpu/).
+set -uo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+out="${OUT:-$root/build-gpu/out}"
+mkdir -p "$out"
+export NCCL_NVLS_ENABLE=0  # never NVLink multicast on the shared hosts
+summary="$out/summary.md"
+echo "| step | status | seconds |" >"$summary"
+echo "| --- | --- | --- |" >>"$summary"
+
+step() {  # step NAME LOGFILE COMMAND...: runs, logs, records status and time
+  local name="$1" log="$out/$2"; shift 2
+  local start=$SECONDS
+  "$@" >"$log" 2>&1
+  local rc=$?
+  local status=$([ $rc -eq 0 ] && echo ok || echo "FAILED ($rc)")
+  echo "| $name | $status | $((SECONDS - start)) |" >>"$summary"
+  echo "== $name: $status (log: $log)"
+  [ $rc -ne 0 ] && tail -n 40 "$log"
+  return $rc
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$out/gpu.txt" 2>&1
+build_dir="$root/build-gpu"
+step configure configure.log cmake -S "$root" -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DSCANLINE_CUDA=ON -DSCANLINE_CUDA_ARCH=90a || { cat "$summary"; exit 1; }
+step build build.log cmake --build "$build_dir" -j 16 || { cat "$summary"; exit 1; }
+step cuda-tests cuda-tests.log ctest --test-dir "$build_dir" -L cuda --output-on-failure
+step cpu-tests cpu-tests.log ctest --test-dir "$build_dir" -L cpu --output-on-failure -j 8
+if [ -x "$build_dir/bin/scanline_bench" ]; then
+  step bench bench.log "$build_dir/bin/scanline_bench"
+fi
+grep -h -E "tests passed|tests failed" "$out"/*tests.log >>"$summary" 2>/dev/null
+cat "$summary"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs missing dependencies, builds and runs every test with ctest. CUDA tests report
+# "skipped" on machines without a GPU. `--sanitize` builds the CPU tests with ASan+UBSan instead.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+"$root/tools/install-deps.sh"
+if [ "${1:-}" = "--sanitize" ]; then
+  export BUILD_DIR="${BUILD_DIR:-$root/build-sanitize}" BUILD_TYPE=Debug
+  "$root/tools/build.sh" -DSCANLINE_CUDA=OFF "-DSCANLINE_SANITIZE=address;undefined" --target scanline_tests
+  export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+else
+  export BUILD_DIR="${BUILD_DIR:-$root/build}"
+  "$root/tools/build.sh"
+fi
+ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$(nproc)"
