@@ -6,7 +6,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 "$root/tools/install-deps.sh"
 if [ "${1:-}" = "--sanitize" ]; then
   export BUILD_DIR="${BUILD_DIR:-$root/build-sanitize}" BUILD_TYPE=Debug
-  "$root/tools/build.sh" -DSCANLINE_CUDA=OFF "-DSCANLINE_SANITIZE=address;undefined" --target scanline_tests
+  BUILD_TARGET=scanline_tests "$root/tools/build.sh" -DSCANLINE_CUDA=OFF "-DSCANLINE_SANITIZE=address;undefined"
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 else
   export BUILD_DIR="${BUILD_DIR:-$root/build}"
