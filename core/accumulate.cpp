@@ -2,21 +2,22 @@
 #include "core/strided_loop.h"
 #include "core/tensor.h"
 
-namespace scanline {
-namespace {
-AccumulateFn device_accumulate = nullptr;
-}
+#ifdef SCANLINE_HAVE_CUDA
+#include "core/cuda/tensor_kernels.h"
+#endif
 
-void register_accumulate(AccumulateFn fn) { device_accumulate = fn; }
+namespace scanline {
 
 void accumulate_into(const Tensor& dst, const Tensor& src) {
   SCANLINE_CHECK(dst.shape() == src.shape() && dst.dtype() == src.dtype() &&
                      dst.device() == src.device(),
                  "accumulate: cannot add ", describe(src), " into ", describe(dst));
   if (!dst.device().is_cpu()) {
-    SCANLINE_CHECK(device_accumulate != nullptr, "accumulate: ", dst.device(),
-                   " needs the CUDA backend, which this build lacks");
-    return device_accumulate(dst, src);
+#ifdef SCANLINE_HAVE_CUDA
+    return cuda::accumulate_tensor(dst, src);
+#else
+    SCANLINE_FAIL("accumulate: ", describe(dst), " needs the CUDA backend, which this build lacks");
+#endif
   }
   dispatch_floating(dst.dtype(), "accumulate", [&]<typename T>() {
     T* out = static_cast<T*>(dst.impl()->storage->data());

@@ -8,6 +8,7 @@
 
 #ifdef SCANLINE_HAVE_CUDA
 #include "core/cuda/caching_allocator.h"
+#include "core/cuda/cuda_check.h"
 #include "core/cuda/device_copy.h"
 #include "core/cuda/stream.h"
 #endif
@@ -35,7 +36,19 @@ class CudaAllocator final : public Allocator {
  public:
   void* allocate(size_t nbytes, Device device) override {
     if (nbytes == 0) return nullptr;
-    return cuda::device_allocate(nbytes, device.index, cuda::current_stream(device.index));
+    cudaStream_t stream = cuda::current_stream(device.index);
+    void* ptr = cuda::device_allocate(nbytes, device.index, stream);
+    // Tests poison fresh memory (all bits set: NaN in every float type) so an unwritten output
+    // element cannot pass as a correct zero.
+    static const bool poison = [] {
+      const char* v = std::getenv("SCANLINE_CUDA_POISON");
+      return v && v[0] == '1';
+    }();
+    if (poison) {
+      cuda::DeviceGuard guard(device.index);
+      CUDA_CHECK(cudaMemsetAsync(ptr, 0xff, nbytes, stream));
+    }
+    return ptr;
   }
   void deallocate(void* ptr, size_t, Device) override {
     if (ptr) cuda::device_free(ptr);

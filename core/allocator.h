@@ -26,9 +26,7 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
 
 namespace scanline {
 class Tensor;
-// dst += src elementwise (same shape and dtype; dst contiguous). The autograd engine sums
-// gradients with it; CPU here, CUDA through the registered backend function.
-using AccumulateFn = void (*)(const Tensor& dst, const Tensor& src);
-void register_accumulate(AccumulateFn fn);
+// dst += src elementwise (same shape, dtype and device; any strides): the autograd engine sums
+// gradients with it.
 void accumulate_into(const Tensor& dst, const Tensor& src);
 }  // namespace scanline

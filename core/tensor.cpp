@@ -9,6 +9,10 @@
 #include "core/allocator.h"
 #include "core/strided_loop.h"
 
+#ifdef SCANLINE_HAVE_CUDA
+#include "core/cuda/tensor_kernels.h"
+#endif
+
 namespace scanline {
 
 const TensorImpl& Tensor::checked() const {
@@ -194,20 +198,19 @@ void copy_into(const Tensor& dst, const Tensor& src) {
   if (dst.device().is_cpu() && src.device().is_cpu()) return copy_cpu(dst, src);
   if (dst.dtype() == src.dtype() && dst.is_contiguous() && src.is_contiguous())
     return copy_bytes(dst.raw_data(), dst.device(), src.raw_data(), src.device(), dst.nbytes());
-  // Conversion or strides across devices: convert on the host; device sides must be contiguous.
-  SCANLINE_CHECK((src.device().is_cpu() || src.is_contiguous()) &&
-                     (dst.device().is_cpu() || dst.is_contiguous()),
-                 "copy: a strided tensor on a CUDA device needs the CUDA backend (", describe(src),
-                 " to ", describe(dst), ")");
-  Tensor host_src = src;
-  if (!src.device().is_cpu()) {
-    host_src = empty(src.shape(), {.dtype = src.dtype()});
-    copy_bytes(host_src.raw_data(), Device::cpu(), src.raw_data(), src.device(), src.nbytes());
-  }
-  if (dst.device().is_cpu()) return copy_cpu(dst, host_src);
-  Tensor host_dst = empty(dst.shape(), {.dtype = dst.dtype()});
-  copy_cpu(host_dst, host_src);
-  copy_bytes(dst.raw_data(), dst.device(), host_dst.raw_data(), Device::cpu(), dst.nbytes());
+#ifdef SCANLINE_HAVE_CUDA
+  if (dst.device() == src.device()) return cuda::copy_tensor(dst, src);
+  // Across devices with strides or a conversion: make src dense in dst's dtype on its own side,
+  // move the bytes, then scatter into dst's layout on dst's side.
+  Tensor dense = contiguous_copy(src, dst.dtype(), src.device());
+  if (dst.is_contiguous())
+    return copy_bytes(dst.raw_data(), dst.device(), dense.raw_data(), dense.device(), dst.nbytes());
+  Tensor moved = empty(dst.shape(), {.dtype = dst.dtype(), .device = dst.device()});
+  copy_bytes(moved.raw_data(), moved.device(), dense.raw_data(), dense.device(), moved.nbytes());
+  copy_into(dst, moved);
+#else
+  SCANLINE_FAIL("copy: ", describe(src), " to ", describe(dst), " needs the CUDA backend, which this build lacks");
+#endif
 }
 
 Tensor contiguous_copy(const Tensor& src, DType dtype, Device device) {
@@ -223,9 +226,11 @@ Tensor as_contiguous(const Tensor& t) {
 void fill_(const Tensor& t, double value) {
   if (t.numel() == 0) return;
   if (!t.device().is_cpu()) {
-    Tensor host = full(t.shape(), value, {.dtype = t.dtype()});
-    copy_into(t, host);
-    return;
+#ifdef SCANLINE_HAVE_CUDA
+    return cuda::fill_tensor(t, value);
+#else
+    SCANLINE_FAIL("fill: ", describe(t), " needs the CUDA backend, which this build lacks");
+#endif
   }
   dispatch_all(t.dtype(), "fill", [&]<typename T>() {
     T v = convert_value<T>(value);

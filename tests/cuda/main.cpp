@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "cuda/device_query.h"
 
@@ -11,6 +12,7 @@ int main(int argc, char** argv) {
     std::printf("SKIP: no CUDA device on this machine; CUDA tests run on the GPU machine (tools/gpu-check.sh)\n");
     return 77;
   }
+  setenv("SCANLINE_CUDA_POISON", "1", 1);  // fresh device memory reads as NaN until written
   doctest::Context context(argc, argv);
   return context.run();
 }
