@@ -8,5 +8,6 @@
 #include "ops/matmul.h"
 #include "ops/reduce.h"
 #include "ops/rms_norm.h"
+#include "ops/selective_scan.h"
 #include "ops/softmax.h"
 #include "ops/views.h"

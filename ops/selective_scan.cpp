@@ -1,0 +1,109 @@
+#include "ops/selective_scan.h"
+
+#include "autograd/node.h"
+#include "ops/dispatch.h"
+#include "ops/selective_scan_cpu.h"
+
+namespace scanline {
+
+using autograd::BackwardContext;
+using Grads = std::vector<Tensor>;
+
+namespace {
+
+constexpr const char* kOp = "selective_scan";
+
+// "(batch, d_inner, L) = [2, 4, 7]": the symbolic layout and the sizes expected from u and A.
+void check_shape(const Tensor& t, const char* name, const char* layout, const Shape& expected) {
+  ops_detail::check_defined(kOp, t, name);
+  SCANLINE_CHECK(t.shape() == expected, kOp, ": expected ", name, " of shape ", layout, " = ", expected,
+                 " but found ", describe(t));
+}
+
+// u, delta, B, C, z share the input dtype (f32, bf16, or f64 for references and gradcheck).
+void check_input_dtype(const Tensor& t, const char* name, DType input) {
+  if (!t.defined()) return;
+  SCANLINE_CHECK(t.dtype() == input, kOp, ": expected ", name, " of u's dtype ", input, " but found ",
+                 describe(t));
+}
+
+// A, D, delta_bias, initial_state: f32 parameters (f64 with f64 inputs), like final_state.
+void check_param_dtype(const Tensor& t, const char* name, DType input) {
+  if (!t.defined()) return;
+  const DType param = input == DType::f64 ? DType::f64 : DType::f32;
+  SCANLINE_CHECK(t.dtype() == param, kOp, ": expected ", name, " to be ", param, " (the parameter dtype for ",
+                 input, " inputs) but found ", describe(t));
+}
+
+void check_inputs(const cpu::SelectiveScanArgs& a) {
+  ops_detail::check_defined(kOp, a.u, "u");
+  SCANLINE_CHECK(a.u.dim() == 3 && a.u.shape()[2] >= 1, kOp,
+                 ": expected u of shape (batch, d_inner, L) with L >= 1 but found ", describe(a.u));
+  const DType input = a.u.dtype();
+  SCANLINE_CHECK(input == DType::f32 || input == DType::bf16 || input == DType::f64, kOp,
+                 ": expected u to be f32, bf16 or f64 but found ", describe(a.u));
+  const int64_t batch = a.u.shape()[0], d_inner = a.u.shape()[1], L = a.u.shape()[2];
+  check_shape(a.delta, "delta", "(batch, d_inner, L)", a.u.shape());
+  if (a.z.defined()) check_shape(a.z, "z", "(batch, d_inner, L)", a.u.shape());
+
+  ops_detail::check_defined(kOp, a.A, "A");
+  SCANLINE_CHECK(a.A.dim() == 2 && a.A.shape()[0] == d_inner && a.A.shape()[1] >= 1, kOp,
+                 ": expected A of shape (d_inner, N) = [", d_inner, ", N] with N >= 1 but found ", describe(a.A));
+  const int64_t N = a.A.shape()[1];
+
+  ops_detail::check_defined(kOp, a.B, "B");
+  SCANLINE_CHECK(a.B.dim() == 4 && a.B.shape()[0] == batch && a.B.shape()[2] == N && a.B.shape()[3] == L, kOp,
+                 ": expected B of shape (batch, groups, N, L) = [", batch, ", groups, ", N, ", ", L,
+                 "] but found ", describe(a.B));
+  const int64_t groups = a.B.shape()[1];
+  SCANLINE_CHECK(groups >= 1 && d_inner % groups == 0, kOp, ": the groups = ", groups, " of B ", describe(a.B),
+                 " must divide d_inner = ", d_inner, " of u ", describe(a.u));
+  check_shape(a.C, "C", "(batch, groups, N, L)", a.B.shape());
+  if (a.D.defined()) check_shape(a.D, "D", "(d_inner)", {d_inner});
+  if (a.delta_bias.defined()) check_shape(a.delta_bias, "delta_bias", "(d_inner)", {d_inner});
+  if (a.initial_state.defined())
+    check_shape(a.initial_state, "initial_state", "(batch, d_inner, N)", {batch, d_inner, N});
+
+  check_input_dtype(a.delta, "delta", input);
+  check_input_dtype(a.B, "B", input);
+  check_input_dtype(a.C, "C", input);
+  check_input_dtype(a.z, "z", input);
+  check_param_dtype(a.A, "A", input);
+  check_param_dtype(a.D, "D", input);
+  check_param_dtype(a.delta_bias, "delta_bias", input);
+  check_param_dtype(a.initial_state, "initial_state", input);
+  ops_detail::check_same_device(kOp, {a.u, a.delta, a.A, a.B, a.C, a.D, a.z, a.delta_bias, a.initial_state});
+}
+
+Tensor detached(const Tensor& t) { return t.defined() ? t.detach() : Tensor(); }
+
+}  // namespace
+
+SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                                   const Tensor& C, const Tensor& D, const Tensor& z, const Tensor& delta_bias,
+                                   bool delta_softplus, const Tensor& initial_state) {
+  const cpu::SelectiveScanArgs args{u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus};
+  check_inputs(args);
+  if (!u.device().is_cpu()) ops_detail::no_cuda_kernel(kOp, u);
+  auto [y, final_state] = cpu::selective_scan_forward(args);
+
+  // One node for the whole scan. Only the inputs are saved: the backward recomputes the states
+  // (O(L·N) per channel, transient) instead of keeping (batch, d_inner, L, N) alive.
+  const cpu::SelectiveScanArgs saved{detached(u),     detached(delta), detached(A),
+                                     detached(B),     detached(C),     detached(D),
+                                     detached(z),     detached(delta_bias), detached(initial_state),
+                                     delta_softplus};
+  autograd::record(kOp, {u, delta, A, B, C, D, z, delta_bias, initial_state}, {y, final_state},
+                   [saved](const BackwardContext& ctx) {
+                     const Tensor& grad_y = ctx.grad(0);
+                     const Tensor& grad_final = ctx.grad(1);
+                     if (!grad_y.device().is_cpu()) ops_detail::no_cuda_kernel("selective_scan backward", grad_y);
+                     std::array<bool, 9> needs{};
+                     for (size_t i = 0; i < needs.size(); ++i) needs[i] = ctx.needs(i);
+                     cpu::SelectiveScanGrads g = cpu::selective_scan_backward(saved, grad_y, grad_final, needs);
+                     return Grads{g.u, g.delta, g.A, g.B, g.C, g.D, g.z, g.delta_bias, g.initial_state};
+                   });
+  return {y, final_state};
+}
+
+}  // namespace scanline
