@@ -4,6 +4,10 @@
 #include "ops/causal_conv1d_cpu.h"
 #include "ops/dispatch.h"
 
+#ifdef SCANLINE_HAVE_CUDA
+#include "cuda/causal_conv1d.h"
+#endif
+
 namespace scanline {
 
 using autograd::BackwardContext;
@@ -44,26 +48,39 @@ Tensor conv(const char* op, const Tensor& x, bool channels_last, const Tensor& w
             const Tensor& bias, bool silu) {
   check_inputs(op, x, channels_last, weight, bias);
   Tensor out = empty(x.shape(), x.options());
-  if (x.device().is_cpu())
+  if (x.device().is_cpu()) {
     cpu::causal_conv1d_forward(as_bcl(x, channels_last), weight, bias, silu, as_bcl(out, channels_last));
-  else
+  } else {
+#ifdef SCANLINE_HAVE_CUDA
+    cuda::causal_conv1d_forward(x, weight, bias, silu, channels_last, out);  // takes x's own layout
+#else
     ops_detail::no_cuda_kernel(op, x);
+#endif
+  }
   // One node for conv + bias + SiLU. The pre-activation is not saved: the backward recomputes it
   // from x and weight (k multiply-adds an element), which saves a (batch, channels, length) tensor.
   autograd::record(op, {x, weight, bias}, {out},
                    [op, channels_last, silu, x = x.detach(), weight = weight.detach(),
                     bias = bias.defined() ? bias.detach() : Tensor()](const BackwardContext& ctx) {
                      const Tensor& grad = ctx.grad();
+#ifndef SCANLINE_HAVE_CUDA
                      if (!grad.device().is_cpu()) ops_detail::no_cuda_kernel(op, grad);
+#endif
                      SCANLINE_CHECK(grad.dtype() == x.dtype(), op, ": backward expected a gradient of dtype ",
                                     x.dtype(), " but found ", describe(grad));
                      Tensor gx, gw, gb;
                      if (ctx.needs(0)) gx = empty(x.shape(), x.options());
                      if (ctx.needs(1)) gw = empty(weight.shape(), weight.options());
                      if (ctx.needs(2)) gb = empty(bias.shape(), bias.options());
-                     cpu::causal_conv1d_backward(as_bcl(x, channels_last), weight, bias, silu,
-                                                 as_bcl(grad, channels_last), as_bcl(gx, channels_last),
-                                                 gw, gb);
+                     if (grad.device().is_cpu()) {
+                       cpu::causal_conv1d_backward(as_bcl(x, channels_last), weight, bias, silu,
+                                                   as_bcl(grad, channels_last), as_bcl(gx, channels_last),
+                                                   gw, gb);
+                     } else {
+#ifdef SCANLINE_HAVE_CUDA
+                       cuda::causal_conv1d_backward(x, weight, bias, silu, channels_last, grad, gx, gw, gb);
+#endif
+                     }
                      return std::vector<Tensor>{gx, gw, gb};
                    });
   return out;

@@ -3,11 +3,50 @@
 #include "ops/cross_entropy_cpu.h"
 #include "ops/dispatch.h"
 
+#ifdef SCANLINE_HAVE_CUDA
+#include "cuda/cross_entropy.h"
+#endif
+
 namespace scanline {
 
 using autograd::BackwardContext;
 using autograd::record;
 using Grads = std::vector<Tensor>;
+
+#ifdef SCANLINE_HAVE_CUDA
+namespace {
+
+// The CUDA path: per-row losses and logsumexp stay on the device, totals are a deterministic
+// device reduction; only the target check's result (with the count for the mean) is copied back.
+Tensor cross_entropy_cuda(const Tensor& logits, const Tensor& targets, int64_t ignore_index, Reduction reduction,
+                          const Shape& lead) {
+  constexpr const char* op = "cross_entropy";
+  cuda::CrossEntropyForward forward = cuda::cross_entropy_forward(logits, targets, ignore_index);
+  Tensor out;
+  double scale = 1.0;  // d out / d row loss
+  switch (reduction) {
+    case Reduction::none:
+      out = contiguous_copy(as_strided(forward.losses, lead, contiguous_strides(lead), 0), logits.dtype(),
+                            logits.device());
+      break;
+    case Reduction::sum:
+      out = cuda::cross_entropy_total(forward.losses, 1.0, logits.dtype());
+      break;
+    case Reduction::mean:
+      // With every target ignored there is nothing to average: the loss and its gradient are 0.
+      scale = forward.count > 0 ? 1.0 / double(forward.count) : 0.0;
+      out = cuda::cross_entropy_total(forward.losses, scale, logits.dtype());
+      break;
+  }
+  record(op, {logits}, {out},
+         [x = logits.detach(), t = targets.detach(), lse = forward.lse, ignore_index, scale](const BackwardContext& ctx) {
+           return Grads{cuda::cross_entropy_backward(ctx.grad(), x, t, lse, ignore_index, scale)};
+         });
+  return out;
+}
+
+}  // namespace
+#endif
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index, Reduction reduction) {
   constexpr const char* op = "cross_entropy";
@@ -21,6 +60,9 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
                  describe(logits), " without its last (class) dim, but found ", describe(targets));
   SCANLINE_CHECK(logits.size(-1) >= 1, op, ": expected at least one class but found logits ", describe(logits));
   ops_detail::check_same_device(op, {logits, targets});
+#ifdef SCANLINE_HAVE_CUDA
+  if (logits.device().is_cuda()) return cross_entropy_cuda(logits, targets, ignore_index, reduction, lead);
+#endif
   if (!logits.device().is_cpu()) ops_detail::no_cuda_kernel(op, logits);
 
   cpu::CrossEntropyForward forward = cpu::cross_entropy_forward(logits, targets, ignore_index);

@@ -5,6 +5,10 @@
 #include "ops/elementwise_cpu.h"
 #include "ops/reduce.h"
 
+#ifdef SCANLINE_HAVE_CUDA
+#include "cuda/elementwise.h"
+#endif
+
 namespace scanline {
 
 using autograd::BackwardContext;
@@ -98,7 +102,11 @@ Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
   broadcast_shapes(a.shape(), b.shape(), name);  // names this op in a shape error
   Tensor out;
   if (a.device().is_cpu()) out = cpu::binary(op, a, b);
+#ifdef SCANLINE_HAVE_CUDA
+  else out = cuda::binary(op, a, b);
+#else
   else ops_detail::no_cuda_kernel(name, a);
+#endif
   if (autograd::needs_grad({a, b})) {
     record(name, {a, b}, {out},
            [op, a = a.detach(), b = b.detach(), o = out.detach()](const BackwardContext& ctx) {
@@ -139,9 +147,19 @@ Tensor unary(UnaryOp op, const Tensor& x) {
   ops_detail::check_floating(name, x, "input");
   Tensor out;
   if (x.device().is_cpu()) out = cpu::unary(op, x);
+#ifdef SCANLINE_HAVE_CUDA
+  else out = cuda::unary(op, x);
+#else
   else ops_detail::no_cuda_kernel(name, x);
+#endif
   record(name, {x}, {out}, [op, x = x.detach(), y = out.detach()](const BackwardContext& ctx) {
-    if (!ctx.grad().device().is_cpu()) ops_detail::no_cuda_kernel("unary backward", x);
+    if (!ctx.grad().device().is_cpu()) {
+#ifdef SCANLINE_HAVE_CUDA
+      return Grads{cuda::unary_backward(op, ctx.grad(), x, y)};
+#else
+      ops_detail::no_cuda_kernel("unary backward", x);
+#endif
+    }
     return Grads{cpu::unary_backward(op, ctx.grad(), x, y)};
   });
   return out;
@@ -167,7 +185,13 @@ Tensor compare(CompareOp op, const Tensor& a, const Tensor& b) {
   ops_detail::check_defined("compare", b, "b");
   ops_detail::check_same_device("compare", {a, b});
   ops_detail::check_same_dtype("compare", {a, b});
-  if (!a.device().is_cpu()) ops_detail::no_cuda_kernel("compare", a);
+  if (!a.device().is_cpu()) {
+#ifdef SCANLINE_HAVE_CUDA
+    return cuda::compare(op, a, b);
+#else
+    ops_detail::no_cuda_kernel("compare", a);
+#endif
+  }
   return cpu::compare(op, a, b);
 }
 
@@ -185,8 +209,13 @@ Tensor where(const Tensor& cond, const Tensor& a, const Tensor& b) {
   SCANLINE_CHECK(cond.dtype() == DType::b8, "where: expected cond to be bool but found ", describe(cond));
   ops_detail::check_same_device("where", {cond, a, b});
   ops_detail::check_same_dtype("where", {a, b});
-  if (!a.device().is_cpu()) ops_detail::no_cuda_kernel("where", a);
-  Tensor out = cpu::where(cond, a, b);
+  Tensor out;
+  if (a.device().is_cpu()) out = cpu::where(cond, a, b);
+#ifdef SCANLINE_HAVE_CUDA
+  else out = cuda::where(cond, a, b);
+#else
+  else ops_detail::no_cuda_kernel("where", a);
+#endif
   record("where", {a, b}, {out}, [c = cond.detach(), a_shape = a.shape(), b_shape = b.shape()](const BackwardContext& ctx) {
     Tensor zero = scalar_tensor(0.0, ctx.grad().options());
     Tensor ga, gb;

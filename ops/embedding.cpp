@@ -3,6 +3,10 @@
 #include "ops/dispatch.h"
 #include "ops/embedding_cpu.h"
 
+#ifdef SCANLINE_HAVE_CUDA
+#include "cuda/embedding.h"
+#endif
+
 namespace scanline {
 
 using autograd::BackwardContext;
@@ -22,12 +26,20 @@ Tensor embedding(const Tensor& weight, const Tensor& indices) {
     cpu::check_indices("embedding", indices, num_embeddings);
     out = cpu::embedding(weight, indices);
   } else {
+#ifdef SCANLINE_HAVE_CUDA
+    out = cuda::embedding_forward("embedding", weight, indices);  // checks the indices on the device
+#else
     ops_detail::no_cuda_kernel("embedding", weight);
+#endif
   }
   record("embedding", {weight}, {out},
          [idx = indices.detach(), num_embeddings](const BackwardContext& ctx) {
-           if (!ctx.grad().device().is_cpu()) ops_detail::no_cuda_kernel("embedding backward", ctx.grad());
-           return Grads{cpu::embedding_backward(ctx.grad(), idx, num_embeddings)};
+           if (ctx.grad().device().is_cpu()) return Grads{cpu::embedding_backward(ctx.grad(), idx, num_embeddings)};
+#ifdef SCANLINE_HAVE_CUDA
+           return Grads{cuda::embedding_backward(ctx.grad(), idx, num_embeddings)};
+#else
+           ops_detail::no_cuda_kernel("embedding backward", ctx.grad());
+#endif
          });
   return out;
 }

@@ -5,8 +5,13 @@
 #include "autograd/grad_mode.h"
 #include "ops/dispatch.h"
 #include "ops/matmul_cpu.h"
+#include "ops/matmul_options.h"
 #include "ops/reduce.h"
 #include "ops/views.h"
+
+#ifdef SCANLINE_HAVE_CUDA
+#include "cuda/matmul.h"
+#endif
 
 namespace scanline {
 
@@ -47,7 +52,11 @@ Tensor matmul_nd(const char* op, const Tensor& a, const Tensor& b) {
   Tensor b_view = as_strided(b, b_shape, broadcast_strides(b.shape(), b.strides(), b_shape), b.offset());
   Tensor out;
   if (a.device().is_cpu()) out = cpu::matmul(a_view, b_view);
+#ifdef SCANLINE_HAVE_CUDA
+  else out = cuda::gemm(a_view, b_view, Tensor(), allow_tf32());  // transposed views go in as flags, no copy
+#else
   else ops_detail::no_cuda_kernel(op, a);
+#endif
   record(op, {a, b}, {out}, [a = a.detach(), b = b.detach()](const BackwardContext& ctx) {
     // d(a @ b) = g @ b^T for a and a^T @ g for b, summed over the batch dims each broadcast.
     Tensor ga, gb;
@@ -112,7 +121,11 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
   }
   Tensor out2;
   if (x.device().is_cpu()) out2 = cpu::linear(x2, weight, bias);
+#ifdef SCANLINE_HAVE_CUDA
+  else out2 = cuda::linear(x2, weight, bias, allow_tf32());  // bias fused as a cuBLASLt epilogue
+#else
   else ops_detail::no_cuda_kernel("linear", x);
+#endif
   Shape out_shape = x_shape;
   out_shape.back() = out_features;
   Tensor out = as_strided(out2, out_shape, contiguous_strides(out_shape), 0);

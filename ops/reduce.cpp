@@ -8,6 +8,10 @@
 #include "ops/reduce_cpu.h"
 #include "ops/views.h"
 
+#ifdef SCANLINE_HAVE_CUDA
+#include "cuda/reduce.h"
+#endif
+
 namespace scanline {
 
 using autograd::BackwardContext;
@@ -39,10 +43,15 @@ Shape drop_dims(const Shape& kept, const std::vector<int64_t>& dims) {
   return out;
 }
 
-// Runs the CPU reduction without recording; the output keeps reduced dims as size 1.
+// Runs the reduction without recording; the output keeps reduced dims as size 1.
 Tensor reduce_raw(cpu::ReduceOp op, const Tensor& x, const std::vector<int64_t>& dims, const char* name) {
-  if (!x.device().is_cpu()) ops_detail::no_cuda_kernel(name, x);
-  return cpu::reduce(op, x, dims);
+  if (x.device().is_cpu()) return cpu::reduce(op, x, dims);
+#ifdef SCANLINE_HAVE_CUDA
+  (void)name;
+  return op == cpu::ReduceOp::sum ? cuda::sum_dims(x, dims) : cuda::amax_dims(x, dims);
+#else
+  ops_detail::no_cuda_kernel(name, x);
+#endif
 }
 
 // Removes the size-1 reduced dims of a fresh contiguous result (a raw view: the op records
@@ -94,8 +103,14 @@ Tensor amax(const Tensor& x, const std::vector<int64_t>& dims_in, bool keepdim) 
 std::pair<Tensor, Tensor> max(const Tensor& x, int64_t dim, bool keepdim) {
   ops_detail::check_defined("max", x, "input");
   int64_t d = wrap_dim(dim, x.dim(), "max");
-  if (!x.device().is_cpu()) ops_detail::no_cuda_kernel("max", x);
-  auto [values, indices] = cpu::max_along(x, d);
+  auto [values, indices] = [&] {
+    if (x.device().is_cpu()) return cpu::max_along(x, d);
+#ifdef SCANLINE_HAVE_CUDA
+    return cuda::max_along(x, d);
+#else
+    ops_detail::no_cuda_kernel("max", x);
+#endif
+  }();
   values = drop_reduced(values, {d}, keepdim);
   indices = drop_reduced(indices, {d}, keepdim);
   record("max", {x}, {values}, [in_shape = x.shape(), idx = indices.detach(), d](const BackwardContext& ctx) {

@@ -1,8 +1,14 @@
 #include "ops/selective_scan.h"
 
+#include <tuple>
+
 #include "autograd/node.h"
 #include "ops/dispatch.h"
 #include "ops/selective_scan_cpu.h"
+
+#ifdef SCANLINE_HAVE_CUDA
+#include "cuda/selective_scan.h"
+#endif
 
 namespace scanline {
 
@@ -84,22 +90,45 @@ SelectiveScanResult selective_scan(const Tensor& u, const Tensor& delta, const T
                                    bool delta_softplus, const Tensor& initial_state) {
   const cpu::SelectiveScanArgs args{u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus};
   check_inputs(args);
-  if (!u.device().is_cpu()) ops_detail::no_cuda_kernel(kOp, u);
-  auto [y, final_state] = cpu::selective_scan_forward(args);
+  Tensor y, final_state;
+  Tensor chunk_states;  // CUDA only: the state entering each time chunk, (batch, d_inner, n_chunks, N)
+#ifdef SCANLINE_HAVE_CUDA
+  if (u.device().is_cuda()) {
+    cuda::ScanForwardResult r =
+        cuda::selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state);
+    y = r.y;
+    final_state = r.final_state;
+    chunk_states = r.chunk_states;
+  } else
+#endif
+  {
+    if (!u.device().is_cpu()) ops_detail::no_cuda_kernel(kOp, u);
+    std::tie(y, final_state) = cpu::selective_scan_forward(args);
+  }
 
-  // One node for the whole scan. Only the inputs are saved: the backward recomputes the states
-  // (O(L·N) per channel, transient) instead of keeping (batch, d_inner, L, N) alive.
+  // One node for the whole scan. Only the inputs are saved (plus, on CUDA, the chunk-boundary
+  // states, L·N / chunk values a channel): the backward recomputes the states instead of keeping
+  // (batch, d_inner, L, N) alive.
   const cpu::SelectiveScanArgs saved{detached(u),     detached(delta), detached(A),
                                      detached(B),     detached(C),     detached(D),
                                      detached(z),     detached(delta_bias), detached(initial_state),
                                      delta_softplus};
   autograd::record(kOp, {u, delta, A, B, C, D, z, delta_bias, initial_state}, {y, final_state},
-                   [saved](const BackwardContext& ctx) {
+                   [saved, chunk_states](const BackwardContext& ctx) {
                      const Tensor& grad_y = ctx.grad(0);
                      const Tensor& grad_final = ctx.grad(1);
-                     if (!grad_y.device().is_cpu()) ops_detail::no_cuda_kernel("selective_scan backward", grad_y);
                      std::array<bool, 9> needs{};
                      for (size_t i = 0; i < needs.size(); ++i) needs[i] = ctx.needs(i);
+#ifdef SCANLINE_HAVE_CUDA
+                     if (grad_y.device().is_cuda()) {
+                       const cpu::SelectiveScanArgs& s = saved;
+                       cuda::ScanBackwardResult g = cuda::selective_scan_bwd(
+                           s.u, s.delta, s.A, s.B, s.C, s.D, s.z, s.delta_bias, s.delta_softplus, s.initial_state,
+                           chunk_states, grad_y, grad_final, needs);
+                       return Grads{g.u, g.delta, g.A, g.B, g.C, g.D, g.z, g.delta_bias, g.initial_state};
+                     }
+#endif
+                     if (!grad_y.device().is_cpu()) ops_detail::no_cuda_kernel("selective_scan backward", grad_y);
                      cpu::SelectiveScanGrads g = cpu::selective_scan_backward(saved, grad_y, grad_final, needs);
                      return Grads{g.u, g.delta, g.A, g.B, g.C, g.D, g.z, g.delta_bias, g.initial_state};
                    });

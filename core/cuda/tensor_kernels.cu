@@ -17,7 +17,7 @@ __device__ __forceinline__ D convert(S s) {
     if constexpr (std::is_same_v<D, __nv_bfloat16>) return __double2bfloat16(s);
     else if constexpr (std::is_same_v<D, __half>) return __double2half(s);
     else return D(s);
-  } else if constexpr (std::is_integral_v<S>) return from_math<D>(math_t<D>(s));
+  } else if constexpr (std::is_integral_v<S>) return convert<D>(double(s));  // one rounding, as on the CPU
   else return from_math<D>(math_t<D>(load_math(&s)));
 }
 

@@ -55,7 +55,7 @@ inline void check_relative(const Tensor& actual, const Tensor& expected, double 
   for (size_t i = 0; i < a.size(); ++i) {
     double err = std::abs(a[i] - e[i]);
     double allowed = rtol * std::max(std::abs(e[i]), floor);
-    bool ok = (std::isnan(e[i]) && std::isnan(a[i])) || err <= allowed;
+    bool ok = a[i] == e[i] || (std::isnan(e[i]) && std::isnan(a[i])) || err <= allowed;  // == covers infinities
     if (!ok) {
       if (first_bad < 0) first_bad = int64_t(i);
       ++bad;

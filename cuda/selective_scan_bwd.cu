@@ -1,0 +1,543 @@
+// Backward selective scan. The gradient of the state, x_t = d loss / d h_{t-1} through step t,
+// obeys (with g_t = d loss / d h_t = x_{t+1} + ds_t·C_t[n], ds the gradient of the ungated y)
+//   x_t = a_t·(x_{t+1} + ds_t·C_t[n]),          x_L = d loss / d final_state,
+// an affine map x_{t+1} -> x_t per step: the same associative scan as the forward, run from the
+// last step to the first (scan_suffix in cuda/selective_scan_common.cuh).
+//
+// Kernels, in order:
+//  1. chunk_maps (when there is more than one chunk): one block per (row, chunk >= 1) composes
+//     its chunk's backward maps into one (P, Q) per state: x_chunk_start = P·x_chunk_end + Q.
+//  2. carry: one thread per (row, state) walks the chunks from last to first and turns (P, Q)
+//     into x at every chunk's right edge (in place; a few values per chunk).
+//  3. main: one block per (batch, group, tile of channels, chunk). For each channel of its tile,
+//     in order, it recomputes the chunk's states from chunk_states (forward scan), runs the
+//     backward scan from the carried x, and produces du, ddelta, dz and d initial_state directly,
+//     dA per (row, chunk) and dD, d delta_bias per (row, chunk) as partial sums (block
+//     reductions in a fixed order), and its channels' dB/dC summed in shared memory.
+//  4. reductions in a fixed order: dA, dD, d delta_bias over batch and chunks; dB, dC over tiles.
+//
+// dB/dC (batch, groups, N, L) sum over the channels of a group. No atomics and no
+// (batch, d_inner, N, L) workspace: a block sums its tile's channels into shared memory
+// accumulators (N x chunk per tensor; the chunk plan keeps them within 64 KiB) in channel order
+// and writes its (N, chunk) tile once. With one tile per group that tile is the result; with
+// several (at most kMaxTiles, and a workspace of at most max(u's bytes / 2, 4 MiB)) the tiles go
+// to a (batch, groups, tiles, N, L) f32 workspace that a second kernel adds in tile order. The
+// tile count depends on the shape only (and on whether dB/dC are wanted), so results are
+// bitwise reproducible. When groups == d_inner there is nothing to sum and dB/dC are written
+// straight from registers.
+#include <algorithm>
+
+#include "cuda/selective_scan.h"
+#include "cuda/selective_scan_common.cuh"
+
+namespace scanline::cuda {
+namespace {
+
+using namespace scan;
+
+// Enough blocks for the main kernel to fill an H100 a few times over (it runs about 3 blocks of
+// 128 threads an SM, bound by the dB/dC accumulators).
+constexpr int64_t kTargetBlocks = 1024;
+constexpr int64_t kMaxTiles = 16;
+constexpr int64_t kMinTileWorkspace = int64_t(4) << 20;
+
+// ds (d loss / d ungated y) from dy and z at one step.
+template <typename W>
+__device__ __forceinline__ W gate_grad(W dy, W z, bool has_z) {
+  return has_z ? dy * z * sigmoid_m(z) : dy;
+}
+
+// ---- 1. compose each chunk's backward maps ----------------------------------------------------
+
+template <typename T>
+struct MapsParams {
+  ScanInputs<T> in;
+  const T* dy;
+  math_t<T>* maps_a;  // (rows, n_chunks, N): P, written for chunks >= 1
+  math_t<T>* maps_b;  // (rows, n_chunks, N): Q
+};
+
+template <typename T, int kThreads, int kItems>
+__global__ void __launch_bounds__(kThreads) selective_scan_chunk_maps_kernel(MapsParams<T> p) {
+  using W = math_t<T>;
+  constexpr int kWarps = kThreads / 32;
+  __shared__ ScanSmem<W, kWarps> smem;
+  const ScanInputs<T>& in = p.in;
+  const int64_t L = in.L, N = in.N, n_chunks = in.n_chunks;
+  const int64_t row = int64_t(blockIdx.x) / (n_chunks - 1), c = 1 + int64_t(blockIdx.x) % (n_chunks - 1);
+  const int64_t d = row % in.d_inner, b = row / in.d_inner, g = d / in.per_group;
+  const int64_t t0 = c * in.chunk + int64_t(threadIdx.x) * kItems;
+  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5);
+
+  W dt[kItems], ds[kItems];
+  {
+    W dy[kItems], zv[kItems];
+    load_items(in.delta + row * L, t0, L, in.vec, dt);
+    load_items(p.dy + row * L, t0, L, in.vec, dy);
+    if (in.z) load_items(in.z + row * L, t0, L, in.vec, zv);
+    const W bias = in.bias ? in.bias[d] : W(0);
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      const W raw = dt[i] + bias;
+      dt[i] = t0 + i < L ? (in.softplus ? softplus_m(raw) : raw) : W(0);
+      ds[i] = gate_grad(dy[i], in.z ? zv[i] : W(0), in.z != nullptr);
+    }
+  }
+  const T* C_rows = in.C + (b * in.groups + g) * N * L;
+  const W* A_row = in.A + d * N;
+  int slot = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const W A_n = A_row[n];
+    W Cv[kItems];
+    load_items(C_rows + n * L, t0, L, in.vec, Cv);
+    W qa = W(1), qb = W(0);  // the thread's maps, the latest applied first
+#pragma unroll
+    for (int i = kItems - 1; i >= 0; --i) {
+      const W a = exp_m(dt[i] * A_n);
+      qb = a * qb + a * ds[i] * Cv[i];
+      qa = a * qa;
+    }
+#pragma unroll
+    for (int offset = 1; offset < 32; offset <<= 1) {
+      const W a_down = __shfl_down_sync(0xffffffffu, qa, offset), b_down = __shfl_down_sync(0xffffffffu, qb, offset);
+      if (lane + offset < 32) {
+        qb = qa * b_down + qb;
+        qa = qa * a_down;
+      }
+    }
+    if (lane == 0) smem.a[slot][warp] = qa, smem.b[slot][warp] = qb;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      W ta = W(1), tb = W(0);
+      for (int w = kWarps - 1; w >= 0; --w) {
+        const W xa = smem.a[slot][w], xb = smem.b[slot][w];
+        tb = xa * tb + xb;
+        ta = xa * ta;
+      }
+      const int64_t at = (row * n_chunks + c) * N + n;
+      p.maps_a[at] = ta;
+      p.maps_b[at] = tb;
+    }
+    slot ^= 1;
+  }
+}
+
+// ---- 2. carry the state gradient across chunk boundaries --------------------------------------
+
+// maps_a in: P; out: x at the right edge of each chunk (the last chunk's is grad_final).
+template <typename W>
+__global__ void selective_scan_carry_kernel(W* __restrict__ maps_a, const W* __restrict__ maps_b,
+                                            const W* __restrict__ grad_final, int64_t rows, int64_t N,
+                                            int64_t n_chunks) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * N;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t row = i / N, n = i % N;
+    W x = grad_final ? grad_final[i] : W(0);
+    for (int64_t c = n_chunks - 1; c >= 1; --c) {
+      const int64_t at = (row * n_chunks + c) * N + n;
+      const W a = maps_a[at], b = maps_b[at];
+      maps_a[at] = x;
+      x = a * x + b;
+    }
+    maps_a[row * n_chunks * N + n] = x;
+  }
+}
+
+// ---- 3. the main backward kernel ----------------------------------------------------------------
+
+template <typename T>
+struct BwdParams {
+  using W = math_t<T>;
+  ScanInputs<T> in;
+  const T* dy;               // (rows, L)
+  const W* chunk_states;     // (rows, n_chunks, N): the state entering each chunk
+  const W* x_right;          // (rows, n_chunks, N): x at each chunk's right edge; null: zeros
+  T *du, *ddelta, *dz;       // (rows, L), each may be null
+  W* dinit;                  // (rows, N) or null
+  W* dA_part;                // (rows, n_chunks, N) or null
+  W *dD_part, *dbias_part;   // (rows, n_chunks), each may be null
+  T *dB, *dC;                // (batch, groups, N, L) when tiles == 1, else null; each may be null
+  W *dB_part, *dC_part;      // (batch, groups, tiles, N, L) when tiles > 1, else null
+  bool need_B, need_C;
+  bool direct;               // one channel a group: dB/dC straight from registers
+  int64_t tiles, tile_channels;
+};
+
+// Dynamic shared memory: dA_warp [kWarps][N], then (unless direct) the dB and dC accumulators
+// [N][kItems][kThreads] each (when wanted), laid out so that a warp's accesses hit distinct banks.
+template <typename T, int kThreads, int kItems>
+__global__ void __launch_bounds__(kThreads) selective_scan_bwd_kernel(BwdParams<T> p) {
+  using W = math_t<T>;
+  constexpr int kWarps = kThreads / 32;
+  __shared__ ScanSmem<W, kWarps> scan_smem;
+  __shared__ W sum_scratch[32];
+  extern __shared__ __align__(16) unsigned char bwd_smem[];
+  const ScanInputs<T>& in = p.in;
+  const int64_t L = in.L, N = in.N, n_chunks = in.n_chunks;
+  const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const bool accumulate = !p.direct;
+  W* dA_warp = reinterpret_cast<W*>(bwd_smem);
+  W* acc_B = dA_warp + kWarps * N;
+  W* acc_C = acc_B + (accumulate && p.need_B ? N * kItems * kThreads : 0);
+
+  int64_t block = blockIdx.x;
+  const int64_t c = block % n_chunks;
+  block /= n_chunks;
+  const int64_t tile = block % p.tiles;
+  const int64_t bg = block / p.tiles;  // batch * groups + group
+  const int64_t g = bg % in.groups, b = bg / in.groups;
+  const int64_t d_begin = g * in.per_group + tile * p.tile_channels;
+  const int64_t d_end = min(d_begin + p.tile_channels, (g + 1) * in.per_group);
+  const T* B_rows = in.B + bg * N * L;
+  const T* C_rows = in.C + bg * N * L;
+  const int64_t t0 = c * in.chunk + int64_t(tid) * kItems;
+
+  if (accumulate) {
+    for (int64_t k = 0; k < N * kItems; ++k) {  // only this thread's slots: no synchronization
+      if (p.need_B) acc_B[k * kThreads + tid] = W(0);
+      if (p.need_C) acc_C[k * kThreads + tid] = W(0);
+    }
+  }
+
+  int slot = 0;
+  for (int64_t d = d_begin; d < d_end; ++d) {
+    const int64_t row = b * in.d_inner + d;
+    const int64_t state_at = (row * n_chunks + c) * N;
+    W u[kItems], dt[kItems], raw[kItems], dy[kItems], zv[kItems], ds[kItems], dtu[kItems];
+    W du[kItems], ddt[kItems], pre[kItems];
+    load_steps<kItems>(in, row, d, t0, u, dt, raw);
+    load_items(p.dy + row * L, t0, L, in.vec, dy);
+    if (in.z) load_items(in.z + row * L, t0, L, in.vec, zv);
+    const W D = in.D ? in.D[d] : W(0);
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      ds[i] = gate_grad(dy[i], in.z ? zv[i] : W(0), in.z != nullptr);
+      dtu[i] = dt[i] * u[i];
+      du[i] = ds[i] * D;
+      ddt[i] = W(0);
+      pre[i] = D * u[i];
+    }
+    const W* A_row = in.A + d * N;
+    for (int64_t n = 0; n < N; ++n) {
+      const W A_n = A_row[n];
+      const W h_chunk = p.chunk_states[state_at + n];                  // loaded early: the scans
+      const W x_chunk = p.x_right ? p.x_right[state_at + n] : W(0);  // hide their latency
+      W Bv[kItems], Cv[kItems], a[kItems], bx[kItems], h_prev[kItems];
+      load_items(B_rows + n * L, t0, L, in.vec, Bv);
+      load_items(C_rows + n * L, t0, L, in.vec, Cv);
+      // Recompute the states: forward scan from the state entering the chunk.
+      W pa = W(1), pb = W(0);
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) {
+        a[i] = exp_m(dt[i] * A_n);
+        bx[i] = dtu[i] * Bv[i];
+        pb = a[i] * pb + bx[i];
+        pa = a[i] * pa;
+      }
+      scan_prefix<kWarps>(pa, pb, scan_smem, slot);
+      slot ^= 1;
+      W h = pa * h_chunk + pb;
+#pragma unroll
+      for (int i = 0; i < kItems; ++i) {
+        h_prev[i] = h;
+        h = a[i] * h + bx[i];
+      }
+      // The state gradient: backward scan of x_t = a_t·(x_{t+1} + ds_t·C_t) from the chunk's right edge.
+      W qa = W(1), qb = W(0);
+#pragma unroll
+      for (int i = kItems - 1; i >= 0; --i) {
+        qb = a[i] * qb + a[i] * ds[i] * Cv[i];
+        qa = a[i] * qa;
+      }
+      scan_suffix<kWarps>(qa, qb, scan_smem, slot);
+      slot ^= 1;
+      W x = qa * x_chunk + qb;
+      W dA_sum = W(0), dBv[kItems], dCv[kItems];
+#pragma unroll
+      for (int i = kItems - 1; i >= 0; --i) {
+        const W grad_h = x + ds[i] * Cv[i];  // d loss / d h_t
+        const W h_t = a[i] * h_prev[i] + bx[i];
+        pre[i] += Cv[i] * h_t;
+        const W grad_exponent = grad_h * a[i] * h_prev[i];  // d loss / d (Δ_t·A[n])
+        ddt[i] += grad_exponent * A_n + grad_h * Bv[i] * u[i];
+        dA_sum += grad_exponent * dt[i];
+        du[i] += grad_h * dt[i] * Bv[i];
+        dBv[i] = grad_h * dtu[i];
+        dCv[i] = ds[i] * h_t;
+        x = a[i] * grad_h;  // on to h_{t-1}
+      }
+      if (p.dinit && c == 0 && tid == 0) p.dinit[row * N + n] = x;
+      if (p.direct) {
+        if (p.dB) store_items(p.dB + (bg * N + n) * L, t0, L, in.vec, dBv);
+        if (p.dC) store_items(p.dC + (bg * N + n) * L, t0, L, in.vec, dCv);
+      } else {
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+          const int64_t k = (n * kItems + i) * kThreads + tid;
+          if (p.need_B) acc_B[k] += dBv[i];
+          if (p.need_C) acc_C[k] += dCv[i];
+        }
+      }
+      if (p.dA_part) {
+        dA_sum = warp_sum(dA_sum);
+        if (lane == 0) dA_warp[warp * N + n] = dA_sum;
+      }
+    }
+
+    // Per-step gradients of the channel and its per-chunk partial sums.
+    W ddelta[kItems], dzv[kItems], dD_sum = W(0), dbias_sum = W(0);
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      ddelta[i] = in.softplus ? ddt[i] * sigmoid_m(raw[i]) : ddt[i];
+      if (t0 + i < L) {
+        dD_sum += ds[i] * u[i];
+        dbias_sum += ddelta[i];
+      }
+      if (in.z) {
+        const W sig = sigmoid_m(zv[i]);
+        dzv[i] = dy[i] * pre[i] * sig * (W(1) + zv[i] * (W(1) - sig));
+      }
+    }
+    if (p.du) store_items(p.du + row * L, t0, L, in.vec, du);
+    if (p.ddelta) store_items(p.ddelta + row * L, t0, L, in.vec, ddelta);
+    if (p.dz) store_items(p.dz + row * L, t0, L, in.vec, dzv);
+    if (p.dD_part) {
+      const W total = block_sum(dD_sum, sum_scratch);
+      if (tid == 0) p.dD_part[row * n_chunks + c] = total;
+    }
+    if (p.dbias_part) {
+      const W total = block_sum(dbias_sum, sum_scratch);
+      if (tid == 0) p.dbias_part[row * n_chunks + c] = total;
+    }
+    if (p.dA_part) {
+      __syncthreads();  // every warp's dA_warp entries are written
+      for (int64_t n = tid; n < N; n += kThreads) {
+        W total = W(0);
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w) total += dA_warp[w * N + n];
+        p.dA_part[state_at + n] = total;
+      }
+      __syncthreads();  // read before the next channel overwrites them
+    }
+  }
+
+  if (!accumulate) return;
+  for (int64_t n = 0; n < N; ++n) {
+    W vB[kItems], vC[kItems];
+#pragma unroll
+    for (int i = 0; i < kItems; ++i) {
+      const int64_t k = (n * kItems + i) * kThreads + tid;
+      vB[i] = p.need_B ? acc_B[k] : W(0);
+      vC[i] = p.need_C ? acc_C[k] : W(0);
+    }
+    if (p.tiles == 1) {
+      if (p.dB) store_items(p.dB + (bg * N + n) * L, t0, L, in.vec, vB);
+      if (p.dC) store_items(p.dC + (bg * N + n) * L, t0, L, in.vec, vC);
+    } else {
+      const int64_t at = ((bg * p.tiles + tile) * N + n) * L;
+      if (p.dB_part) store_items(p.dB_part + at, t0, L, in.vec, vB);
+      if (p.dC_part) store_items(p.dC_part + at, t0, L, in.vec, vC);
+    }
+  }
+}
+
+// ---- 4. fixed-order reductions ------------------------------------------------------------------
+
+// out[d, j] = Σ_b Σ_c part[b, d, c, j] for part (batch, d_inner, n_chunks, width), b then c in order.
+template <typename W>
+__global__ void selective_scan_sum_partials_kernel(const W* __restrict__ part, W* __restrict__ out, int64_t batch,
+                                                   int64_t d_inner, int64_t n_chunks, int64_t width) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < d_inner * width;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t d = i / width, j = i % width;
+    W total = W(0);
+    for (int64_t b = 0; b < batch; ++b) {
+      const W* p = part + (b * d_inner + d) * n_chunks * width + j;
+      for (int64_t c = 0; c < n_chunks; ++c) total += p[c * width];
+    }
+    out[i] = total;
+  }
+}
+
+// out[bg, j] = Σ_k part[bg, k, j] for part (batch · groups, tiles, N · L), tiles in order.
+template <typename T, typename W>
+__global__ void selective_scan_sum_tiles_kernel(const W* __restrict__ part, T* __restrict__ out, int64_t outer,
+                                                int64_t tiles, int64_t inner) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < outer * inner;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t o = i / inner, j = i % inner;
+    const W* p = part + o * tiles * inner + j;
+    W total = W(0);
+    for (int64_t k = 0; k < tiles; ++k) total += p[k * inner];
+    out[i] = from_math<T>(math_t<T>(total));
+  }
+}
+
+constexpr int kReduceThreads = 256;
+
+template <typename W>
+void sum_partials(const Tensor& part, const Tensor& out, int64_t batch, int64_t d_inner, int64_t n_chunks,
+                  int64_t width) {
+  const int64_t n = d_inner * width;
+  if (n == 0) return;
+  selective_scan_sum_partials_kernel<W><<<blocks_for(n, kReduceThreads), kReduceThreads, 0, current_stream()>>>(
+      data_at<const W>(part), data_at<W>(out), batch, d_inner, n_chunks, width);
+  CUDA_CHECK_LAUNCH("selective_scan backward sum_partials");
+}
+
+template <typename T, typename W>
+void sum_tiles(const Tensor& part, const Tensor& out, int64_t outer, int64_t tiles, int64_t inner) {
+  const int64_t n = outer * inner;
+  if (n == 0) return;
+  selective_scan_sum_tiles_kernel<T, W><<<blocks_for(n, kReduceThreads), kReduceThreads, 0, current_stream()>>>(
+      data_at<const W>(part), data_at<T>(out), outer, tiles, inner);
+  CUDA_CHECK_LAUNCH("selective_scan backward sum_tiles");
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace
+
+ScanBackwardResult selective_scan_bwd(const Tensor& u, const Tensor& delta, const Tensor& A, const Tensor& B,
+                                      const Tensor& C, const Tensor& D, const Tensor& z, const Tensor& delta_bias,
+                                      bool delta_softplus, const Tensor& initial_state, const Tensor& chunk_states_in,
+                                      const Tensor& grad_y, const Tensor& grad_final_state,
+                                      const std::array<bool, 9>& needs) {
+  constexpr const char* op = "selective_scan backward";
+  check_cuda_tensor(op, u, "u");
+  DeviceGuard guard(u.device().index);
+  const Prepared prep = prepare(op, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state);
+  const int64_t batch = prep.batch, d_inner = prep.d_inner, L = prep.L, N = prep.N, groups = prep.groups;
+  const int64_t rows = batch * d_inner, n_chunks = prep.plan.n_chunks;
+  SCANLINE_CHECK(chunk_states_in.defined() && chunk_states_in.shape() == Shape({batch, d_inner, n_chunks, N}) &&
+                     chunk_states_in.dtype() == A.dtype(),
+                 op, ": expected the forward's chunk_states of shape ", Shape({batch, d_inner, n_chunks, N}), " (",
+                 A.dtype(), ") but found ", describe(chunk_states_in));
+  SCANLINE_CHECK(grad_y.defined() && grad_y.shape() == u.shape() && grad_y.dtype() == u.dtype(), op,
+                 ": expected grad_y like u ", describe(u), " but found ", describe(grad_y));
+  const Tensor chunk_states = as_contiguous(chunk_states_in);
+  const Tensor gy = as_contiguous(grad_y);
+  Tensor gf;
+  if (grad_final_state.defined()) {
+    SCANLINE_CHECK(grad_final_state.shape() == Shape({batch, d_inner, N}) && grad_final_state.dtype() == A.dtype(),
+                   op, ": expected grad_final_state of shape ", Shape({batch, d_inner, N}), " (", A.dtype(),
+                   ") but found ", describe(grad_final_state));
+    gf = as_contiguous(grad_final_state);
+  }
+
+  const TensorOptions input_opts = u.options(), param_opts = A.options();
+  auto wanted = [&](int i, const Tensor& input, const Shape& shape, TensorOptions opts) {
+    return needs[size_t(i)] && input.defined() ? empty(shape, opts) : Tensor();
+  };
+  ScanBackwardResult r;
+  r.u = wanted(0, u, u.shape(), input_opts);
+  r.delta = wanted(1, delta, u.shape(), input_opts);
+  r.A = wanted(2, A, A.shape(), param_opts);
+  r.B = wanted(3, B, B.shape(), input_opts);
+  r.C = wanted(4, C, C.shape(), input_opts);
+  r.D = wanted(5, D, {d_inner}, param_opts);
+  r.z = wanted(6, z, u.shape(), input_opts);
+  r.delta_bias = wanted(7, delta_bias, {d_inner}, param_opts);
+  r.initial_state = wanted(8, initial_state, {batch, d_inner, N}, param_opts);
+  const bool need_B = r.B.defined(), need_C = r.C.defined();
+  if (rows == 0) {  // no terms: the summed gradients are zeros, the rest is empty
+    for (const Tensor* t : {&r.A, &r.B, &r.C, &r.D, &r.delta_bias})
+      if (t->defined()) fill_(*t, 0.0);
+    return r;
+  }
+
+  // Tiles of channels for the main kernel (see the top of this file).
+  const int64_t per_group = prep.per_group;
+  const bool direct = per_group == 1;
+  int64_t tiles = 1;
+  if (per_group > 1) {
+    tiles = std::min(per_group, ceil_div(kTargetBlocks, batch * groups * n_chunks));
+    if (need_B || need_C) {
+      const int64_t math_bytes = u.dtype() == DType::f64 ? 8 : 4;
+      const int64_t per_tile = 2 * batch * groups * N * L * math_bytes;
+      const int64_t budget = std::max(u.numel() * int64_t(dtype_size(u.dtype())) / 2, kMinTileWorkspace);
+      tiles = std::clamp<int64_t>(budget / per_tile, 1, std::min(tiles, kMaxTiles));
+    }
+  }
+  const int64_t tile_channels = ceil_div(per_group, tiles);
+  tiles = ceil_div(per_group, tile_channels);
+  const int64_t main_blocks = batch * groups * tiles * n_chunks;
+  SCANLINE_CHECK(rows * std::max<int64_t>(n_chunks - 1, 1) <= int64_t(0x7fffffff) && main_blocks <= int64_t(0x7fffffff),
+                 op, ": ", rows, " rows x ", n_chunks, " chunks exceed the CUDA grid limit");
+
+  const Shape part_shape{batch, d_inner, n_chunks, N}, row_part_shape{batch, d_inner, n_chunks};
+  const Tensor dA_part = r.A.defined() ? empty(part_shape, param_opts) : Tensor();
+  const Tensor dD_part = r.D.defined() ? empty(row_part_shape, param_opts) : Tensor();
+  const Tensor dbias_part = r.delta_bias.defined() ? empty(row_part_shape, param_opts) : Tensor();
+  const Shape tile_shape{batch, groups, tiles, N, L};
+  const Tensor dB_part = need_B && tiles > 1 ? empty(tile_shape, param_opts) : Tensor();
+  const Tensor dC_part = need_C && tiles > 1 ? empty(tile_shape, param_opts) : Tensor();
+
+  dispatch_scan_dtype(u.dtype(), op, [&]<typename T>() {
+    using W = math_t<T>;
+    const ScanInputs<T> in = scan_inputs<T>(prep);
+    cudaStream_t stream = current_stream();
+
+    // 1 + 2: x at every chunk's right edge (grad_final itself when there is one chunk).
+    Tensor maps_a, maps_b;
+    const W* x_right = ptr_or_null<W>(gf);
+    if (n_chunks > 1) {
+      maps_a = empty(part_shape, param_opts);
+      maps_b = empty(part_shape, param_opts);
+      MapsParams<T> mp{in, data_at<const T>(gy), data_at<W>(maps_a), data_at<W>(maps_b)};
+      mp.in.vec = in.vec && aligned16(mp.dy);
+      dispatch_plan(prep.plan, [&]<int kThreads, int kItems>() {
+        selective_scan_chunk_maps_kernel<T, kThreads, kItems>
+            <<<unsigned(rows * (n_chunks - 1)), kThreads, 0, stream>>>(mp);
+        CUDA_CHECK_LAUNCH("selective_scan backward chunk_maps");
+      });
+      selective_scan_carry_kernel<W><<<blocks_for(rows * N, kReduceThreads), kReduceThreads, 0, stream>>>(
+          data_at<W>(maps_a), data_at<const W>(maps_b), x_right, rows, N, n_chunks);
+      CUDA_CHECK_LAUNCH("selective_scan backward carry");
+      x_right = data_at<const W>(maps_a);
+    }
+
+    // 3: the main kernel.
+    BwdParams<T> p;
+    p.in = in;
+    p.dy = data_at<const T>(gy);
+    p.chunk_states = data_at<const W>(chunk_states);
+    p.x_right = x_right;
+    p.du = mut_ptr_or_null<T>(r.u);
+    p.ddelta = mut_ptr_or_null<T>(r.delta);
+    p.dz = mut_ptr_or_null<T>(r.z);
+    p.dinit = mut_ptr_or_null<W>(r.initial_state);
+    p.dA_part = mut_ptr_or_null<W>(dA_part);
+    p.dD_part = mut_ptr_or_null<W>(dD_part);
+    p.dbias_part = mut_ptr_or_null<W>(dbias_part);
+    p.dB = tiles == 1 ? mut_ptr_or_null<T>(r.B) : nullptr;
+    p.dC = tiles == 1 ? mut_ptr_or_null<T>(r.C) : nullptr;
+    p.dB_part = mut_ptr_or_null<W>(dB_part);
+    p.dC_part = mut_ptr_or_null<W>(dC_part);
+    p.need_B = need_B;
+    p.need_C = need_C;
+    p.direct = direct;
+    p.tiles = tiles;
+    p.tile_channels = tile_channels;
+    p.in.vec = in.vec && all_aligned16({p.dy, p.du, p.ddelta, p.dz, p.dB, p.dC, p.dB_part, p.dC_part});
+    dispatch_plan(prep.plan, [&]<int kThreads, int kItems>() {
+      constexpr int kWarps = kThreads / 32;
+      const int64_t acc_values = direct ? 0 : int64_t(need_B + need_C) * N * kItems * kThreads;
+      const size_t smem = size_t(kWarps * N + acc_values) * sizeof(W);
+      auto kernel = selective_scan_bwd_kernel<T, kThreads, kItems>;
+      allow_shared_memory(kernel, smem);
+      kernel<<<unsigned(main_blocks), kThreads, smem, stream>>>(p);
+      CUDA_CHECK_LAUNCH("selective_scan backward");
+    });
+
+    // 4: fixed-order sums.
+    if (r.A.defined()) sum_partials<W>(dA_part, r.A, batch, d_inner, n_chunks, N);
+    if (r.D.defined()) sum_partials<W>(dD_part, r.D, batch, d_inner, n_chunks, 1);
+    if (r.delta_bias.defined()) sum_partials<W>(dbias_part, r.delta_bias, batch, d_inner, n_chunks, 1);
+    if (dB_part.defined()) sum_tiles<T, W>(dB_part, r.B, batch * groups, tiles, N * L);
+    if (dC_part.defined()) sum_tiles<T, W>(dC_part, r.C, batch * groups, tiles, N * L);
+  });
+  return r;
+}
+
+}  // namespace scanline::cuda

@@ -1,0 +1,319 @@
+// CUDA selective scan (cuda/selective_scan_{fwd,bwd}.cu) against the float64 CPU reference on the
+// same values: forward (y, final_state), the saved chunk-boundary states, and every gradient,
+// driven through y and through final_state separately (the backward is linear in the two, and
+// this keeps other ops' kernels out of the test). Lengths around the chunk sizes (128, 256, 512),
+// state sizes that change the chunk plan, d_inner that no tile size divides, groups 1 and
+// d_inner and in between, every optional input on and off, f32 / bf16 / f64, non-contiguous
+// inputs, bitwise determinism, and the memory bound of the recomputing backward.
+//
+// Tolerances: f32 1e-4, bf16 1e-2, f64 1e-9, each relative to max(|expected|, the largest
+// |expected| of the tensor): errors of sums and of long recurrences scale with the magnitude of
+// their terms, which the tensor's largest element stands for.
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "autograd/engine.h"
+#include "core/cuda/caching_allocator.h"
+#include "core/cuda/stream.h"
+#include "cuda/selective_scan.h"
+#include "ops/selective_scan.h"
+#include "ops/views.h"
+#include "tests/cuda/cuda_testing.h"
+
+using namespace scanline;
+using namespace scanline::testing;
+
+namespace {
+
+struct Config {
+  int64_t batch = 2, d_inner = 6, L = 7, N = 4, groups = 1;
+  bool D = true, z = true, bias = true, softplus = true, h0 = true;
+};
+
+Config with_mask(Config c, int mask) {
+  c.D = mask & 1;
+  c.z = mask & 2;
+  c.bias = mask & 4;
+  c.softplus = mask & 8;
+  c.h0 = mask & 16;
+  return c;
+}
+
+std::string describe_config(const Config& c, DType dtype) {
+  std::string s = "batch " + std::to_string(c.batch) + " d_inner " + std::to_string(c.d_inner) + " L " +
+                  std::to_string(c.L) + " N " + std::to_string(c.N) + " groups " + std::to_string(c.groups);
+  s += std::string(c.D ? " D" : "") + (c.z ? " z" : "") + (c.bias ? " bias" : "") + (c.softplus ? " softplus" : "") +
+       (c.h0 ? " h0" : "");
+  return s + " " + std::string(dtype == DType::f32 ? "f32" : dtype == DType::bf16 ? "bf16" : "f64");
+}
+
+// CPU inputs in argument order (optional ones undefined): u, delta, B, C, z in `dtype`; A, D,
+// delta_bias, initial_state in f32 (f64 for f64). Ranges as a Mamba layer sees them.
+struct Inputs {
+  std::vector<Tensor> t;  // u, delta, A, B, C, D, z, bias, h0
+  bool softplus = false;
+};
+
+Inputs make_inputs(const Config& c, uint64_t seed, DType dtype) {
+  const DType param = dtype == DType::f64 ? DType::f64 : DType::f32;
+  const Shape rows{c.batch, c.d_inner, c.L}, bc{c.batch, c.groups, c.N, c.L};
+  auto make = [&](const Shape& shape, DType dt, double low, double high) {
+    return random_cpu(shape, ++seed, dt, low, high);
+  };
+  Inputs in;
+  in.softplus = c.softplus;
+  in.t.resize(9);
+  in.t[0] = make(rows, dtype, -1.0, 1.0);
+  in.t[1] = c.softplus ? make(rows, dtype, -2.0, 1.0) : make(rows, dtype, 0.05, 1.0);
+  in.t[2] = make({c.d_inner, c.N}, param, -2.0, -0.1);
+  in.t[3] = make(bc, dtype, -1.0, 1.0);
+  in.t[4] = make(bc, dtype, -1.0, 1.0);
+  if (c.D) in.t[5] = make({c.d_inner}, param, -1.0, 1.0);
+  if (c.z) in.t[6] = make(rows, dtype, -2.0, 2.0);
+  if (c.bias) in.t[7] = c.softplus ? make({c.d_inner}, param, -1.0, 1.0) : make({c.d_inner}, param, 0.0, 0.2);
+  if (c.h0) in.t[8] = make({c.batch, c.d_inner, c.N}, param, -1.0, 1.0);
+  return in;
+}
+
+struct Outcome {
+  Tensor y, final_state;
+  std::vector<Tensor> grads;  // per input, undefined for undefined inputs
+};
+
+// Runs the scan on `device` with fresh leaves; backward from y (through_y) or from final_state
+// with gradient grad_out. transposed: every 2-d and larger input reaches the op as the transpose
+// of a leaf holding its values with the last two dims swapped (a non-contiguous view).
+Outcome run_on(const Inputs& in, Device device, bool through_y, const Tensor& grad_out, bool transposed = false) {
+  std::vector<Tensor> leaves(9), args(9);
+  for (size_t i = 0; i < 9; ++i) {
+    if (!in.t[i].defined()) continue;
+    const Tensor& x = in.t[i];
+    if (transposed && x.dim() >= 2) {
+      // A leaf holding the values with the last two dims swapped; the op gets its transpose.
+      const int64_t last = x.dim() - 1;
+      Tensor swapped = contiguous_copy(transpose(x, last - 1, last), x.dtype(), device);
+      swapped.set_requires_grad(true);
+      leaves[i] = swapped;
+      args[i] = transpose(swapped, last - 1, last);
+    } else {
+      leaves[i] = contiguous_copy(x, x.dtype(), device);
+      leaves[i].set_requires_grad(true);
+      args[i] = leaves[i];
+    }
+  }
+  SelectiveScanResult r =
+      selective_scan(args[0], args[1], args[2], args[3], args[4], args[5], args[6], args[7], in.softplus, args[8]);
+  backward(through_y ? r.y : r.final_state, contiguous_copy(grad_out, grad_out.dtype(), device));
+  Outcome out{r.y, r.final_state, {}};
+  for (size_t i = 0; i < 9; ++i) {
+    if (!leaves[i].defined()) {
+      out.grads.emplace_back();
+      continue;
+    }
+    REQUIRE(leaves[i].grad().defined());
+    const int64_t last = leaves[i].dim() - 1;
+    out.grads.push_back(transposed && last >= 1 ? transpose(leaves[i].grad(), last - 1, last) : leaves[i].grad());
+  }
+  return out;
+}
+
+double tolerance(DType dtype) { return dtype == DType::f32 ? 1e-4 : dtype == DType::bf16 ? 1e-2 : 1e-9; }
+
+double max_abs(const Tensor& t) {
+  double m = 0.0;
+  for (double v : t.to_double_vector()) m = std::max(m, std::abs(v));
+  return m;
+}
+
+// actual vs expected within rtol of max(|expected_i|, max |expected|).
+void check_scaled(const Tensor& actual, const Tensor& expected, double rtol, const std::string& what) {
+  REQUIRE(actual.dtype() == expected.dtype());
+  check_relative(actual, expected, rtol, std::max(max_abs(expected), 1e-20), what);
+}
+
+const char* const kNames[9] = {"du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias", "dinitial_state"};
+
+// Forward and both backward paths of one configuration on CPU and CUDA.
+void check_config(const Config& c, DType dtype, uint64_t seed, bool transposed = false) {
+  const std::string what = describe_config(c, dtype) + (transposed ? " transposed" : "");
+  CAPTURE(what);
+  const Inputs in = make_inputs(c, seed, dtype);
+  const double tol = tolerance(dtype);
+  const DType param = dtype == DType::f64 ? DType::f64 : DType::f32;
+  const Tensor gy = random_cpu({c.batch, c.d_inner, c.L}, seed + 100, dtype, -1.0, 1.0);
+  const Tensor gf = random_cpu({c.batch, c.d_inner, c.N}, seed + 101, param, -1.0, 1.0);
+  for (bool through_y : {true, false}) {
+    const std::string path = through_y ? " (through y)" : " (through final_state)";
+    const Outcome ref = run_on(in, Device::cpu(), through_y, through_y ? gy : gf);
+    const Outcome got = run_on(in, gpu(), through_y, through_y ? gy : gf, transposed);
+    REQUIRE(got.y.device().is_cuda());
+    CHECK(got.y.dtype() == dtype);
+    CHECK(got.final_state.dtype() == param);
+    if (through_y) {
+      check_scaled(got.y, ref.y, tol, what + " y");
+      check_scaled(got.final_state, ref.final_state, tol, what + " final_state");
+    }
+    for (size_t i = 0; i < 9; ++i) {
+      if (!in.t[i].defined()) continue;
+      CAPTURE(i);
+      REQUIRE(got.grads[i].defined());
+      CHECK(got.grads[i].shape() == in.t[i].shape());
+      check_scaled(got.grads[i], ref.grads[i], tol, what + path + " " + kNames[i]);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cuda selective_scan f32 matches the CPU reference over lengths, state sizes, groups and options") {
+  // Masks (D, z, bias, softplus, h0 bits): everything on, plus a rotating subset.
+  const int rotating[] = {0, 5, 10, 19, 26, 12, 17, 3, 28, 9, 22, 14, 7, 24, 1, 30, 11, 20, 6, 25, 13};
+  int next = 0;
+  uint64_t seed = 10000;
+  for (int64_t L : {1, 7, 64, 2047, 2048, 2049, 4099})
+    for (int64_t N : {4, 16, 64})
+      for (int64_t groups : {int64_t(1), int64_t(6)}) {
+        const Config base{.batch = 2, .d_inner = 6, .L = L, .N = N, .groups = groups};
+        check_config(base, DType::f32, seed += 1000);
+        check_config(with_mask(base, rotating[next++ % 21]), DType::f32, seed += 1000);
+      }
+}
+
+TEST_CASE("cuda selective_scan around the chunk sizes of every plan (f32)") {
+  uint64_t seed = 20000;
+  // N 16: chunks of 128 (L <= 128), 256 (L <= 256), else 512; N 32: 256; N 64: 128; N 200: 32.
+  for (int64_t N : {16, 32})
+    for (int64_t L : {127, 128, 129, 255, 256, 257, 511, 512, 513, 1025})
+      check_config({.batch = 1, .d_inner = 3, .L = L, .N = N, .groups = 1}, DType::f32, seed += 1000);
+  for (int64_t L : {31, 32, 33, 300})
+    for (int64_t groups : {int64_t(1), int64_t(2)})
+      check_config({.batch = 1, .d_inner = 2, .L = L, .N = 200, .groups = groups}, DType::f32, seed += 1000);
+  check_config({.batch = 1, .d_inner = 2, .L = 70, .N = 1, .groups = 1}, DType::f32, seed += 1000);
+  check_config({.batch = 1, .d_inner = 1, .L = 1, .N = 1, .groups = 1}, DType::f32, seed += 1000);  // one element
+}
+
+TEST_CASE("cuda selective_scan bf16 inputs match the CPU reference on the same values") {
+  uint64_t seed = 30000;
+  int mask = 0;
+  for (int64_t L : {1, 7, 64, 2047, 2048, 2049, 4099})
+    for (int64_t groups : {int64_t(1), int64_t(6)}) {
+      const Config base{.batch = 2, .d_inner = 6, .L = L, .N = 16, .groups = groups};
+      check_config(base, DType::bf16, seed += 1000);
+      check_config(with_mask(base, (mask += 7) % 32), DType::bf16, seed += 1000);
+    }
+  check_config({.batch = 1, .d_inner = 4, .L = 300, .N = 64, .groups = 2}, DType::bf16, seed += 1000);
+}
+
+TEST_CASE("cuda selective_scan f64 agrees with the CPU reference to rounding") {
+  uint64_t seed = 40000;
+  for (int64_t L : {1, 129, 2049})
+    for (int64_t N : {4, 16})
+      for (int64_t groups : {int64_t(1), int64_t(3)})
+        check_config({.batch = 2, .d_inner = 6, .L = L, .N = N, .groups = groups}, DType::f64, seed += 1000);
+}
+
+TEST_CASE("cuda selective_scan dB/dC channel tiles: uneven tiles, one tile of many channels, one channel a tile") {
+  uint64_t seed = 50000;
+  // 37 channels in one group: tiles of 3 channels (the last of 1) summed by the tile reduction.
+  check_config({.batch = 1, .d_inner = 37, .L = 600, .N = 16, .groups = 1}, DType::f32, seed += 1000);
+  // 2 channels a group and batch * groups * chunks >= 1024 blocks: one tile, summed in shared memory.
+  check_config({.batch = 8, .d_inner = 8, .L = 4099, .N = 64, .groups = 4}, DType::f32, seed += 1000);
+  // 3 channels a group, one a tile.
+  check_config({.batch = 2, .d_inner = 6, .L = 1000, .N = 16, .groups = 2}, DType::f32, seed += 1000);
+  // 40 channels in 2 groups, bf16.
+  check_config({.batch = 2, .d_inner = 80, .L = 257, .N = 16, .groups = 2}, DType::bf16, seed += 1000);
+}
+
+TEST_CASE("cuda selective_scan reads non-contiguous inputs") {
+  check_config({.batch = 2, .d_inner = 5, .L = 2049, .N = 16, .groups = 1}, DType::f32, 60000, true);
+  check_config({.batch = 2, .d_inner = 4, .L = 64, .N = 16, .groups = 4}, DType::bf16, 61000, true);
+}
+
+TEST_CASE("cuda selective_scan saves the state entering every chunk") {
+  const Config c{.batch = 2, .d_inner = 3, .L = 2049, .N = 16, .groups = 1};
+  const Inputs in = make_inputs(c, 70000, DType::f32);
+  const int64_t chunk = cuda::selective_scan_chunk_size(c.L, c.N, DType::f32);
+  REQUIRE(chunk == 512);
+  std::vector<Tensor> g(9);
+  for (size_t i = 0; i < 9; ++i)
+    if (in.t[i].defined()) g[i] = on_gpu(in.t[i]);
+  const cuda::ScanForwardResult r =
+      cuda::selective_scan_fwd(g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], in.softplus, g[8]);
+  const int64_t n_chunks = (c.L + chunk - 1) / chunk;
+  REQUIRE(r.chunk_states.shape() == Shape{c.batch, c.d_inner, n_chunks, c.N});
+  for (int64_t k = 0; k < n_chunks; ++k) {
+    CAPTURE(k);
+    // The CPU state after the first k * chunk steps (initial_state itself for k = 0).
+    Tensor expected;
+    if (k == 0) {
+      expected = in.t[8];
+    } else {
+      std::vector<Tensor> prefix = in.t;
+      for (size_t i : {0, 1, 6}) prefix[i] = slice(in.t[i], 2, 0, k * chunk);
+      for (size_t i : {3, 4}) prefix[i] = slice(in.t[i], 3, 0, k * chunk);
+      expected = selective_scan(prefix[0], prefix[1], prefix[2], prefix[3], prefix[4], prefix[5], prefix[6],
+                                prefix[7], in.softplus, prefix[8]).final_state;
+    }
+    const Tensor got = contiguous_copy(slice(r.chunk_states, 2, k, k + 1), DType::f32, Device::cpu());
+    check_scaled(reshape(got, {c.batch, c.d_inner, c.N}), expected, 1e-4, "chunk state " + std::to_string(k));
+  }
+}
+
+TEST_CASE("cuda selective_scan gradients are bitwise reproducible") {
+  const Config c{.batch = 2, .d_inner = 40, .L = 1500, .N = 16, .groups = 1};
+  const Inputs in = make_inputs(c, 80000, DType::f32);
+  const Tensor gy = random_cpu({c.batch, c.d_inner, c.L}, 80100, DType::f32);
+  const Outcome a = run_on(in, gpu(), true, gy), b = run_on(in, gpu(), true, gy);
+  CHECK(a.y.to_vector<float>() == b.y.to_vector<float>());
+  for (size_t i = 0; i < 9; ++i) {
+    CAPTURE(i);
+    CHECK(a.grads[i].to_vector<float>() == b.grads[i].to_vector<float>());
+  }
+}
+
+TEST_CASE("cuda selective_scan handles an empty batch") {
+  const Config c{.batch = 0, .d_inner = 4, .L = 5, .N = 3, .groups = 2};
+  const Inputs in = make_inputs(c, 90000, DType::f32);
+  const Outcome out = run_on(in, gpu(), true, random_cpu({0, 4, 5}, 90100));
+  CHECK(out.y.shape() == Shape{0, 4, 5});
+  CHECK(out.grads[2].to_vector<float>() == std::vector<float>(12, 0.0f));
+  CHECK(out.grads[5].to_vector<float>() == std::vector<float>(4, 0.0f));
+}
+
+TEST_CASE("cuda selective_scan forward + backward peak memory stays below 1.5x inputs, outputs and gradients") {
+  // (batch 1, d_inner 256, L 16384, N 16) bf16 with D, z, delta_bias and softplus: no
+  // (batch, d_inner, L, N) tensor may appear (that alone would be 128 MiB in f32).
+  const Config c{.batch = 1, .d_inner = 256, .L = 16384, .N = 16, .groups = 1, .h0 = false};
+  const Inputs in = make_inputs(c, 95000, DType::bf16);
+  cuda::synchronize(0);
+  const size_t before = cuda::allocator_stats(0).allocated;
+  std::vector<Tensor> leaves(9);
+  size_t counted = 0;  // inputs + their gradients (same sizes) + y + final_state + y's gradient
+  for (size_t i = 0; i < 9; ++i) {
+    if (!in.t[i].defined()) continue;
+    leaves[i] = on_gpu(in.t[i], true);
+    counted += 2 * size_t(in.t[i].numel()) * dtype_size(in.t[i].dtype());
+  }
+  const Tensor gy = on_gpu(random_cpu({c.batch, c.d_inner, c.L}, 95100, DType::bf16));
+  counted += 2 * size_t(gy.numel()) * dtype_size(DType::bf16) + size_t(c.batch * c.d_inner * c.N) * 4;
+  cuda::synchronize(0);
+  cuda::reset_peak(0);
+  {
+    SelectiveScanResult r = selective_scan(leaves[0], leaves[1], leaves[2], leaves[3], leaves[4], leaves[5],
+                                           leaves[6], leaves[7], true, leaves[8]);
+    backward(r.y, gy);
+  }
+  cuda::synchronize(0);
+  const size_t peak = cuda::allocator_stats(0).peak_allocated - before;
+  INFO("peak ", peak, " bytes above the starting point; inputs, outputs and gradients ", counted, " bytes");
+  CHECK(double(peak) <= 1.5 * double(counted));
+  for (size_t i : {0, 1, 3, 4, 6}) {
+    CAPTURE(i);
+    const std::vector<double> v = leaves[i].grad().to_double_vector();
+    CHECK(std::all_of(v.begin(), v.end(), [](double x) { return std::isfinite(x); }));
+  }
+}

@@ -1,0 +1,31 @@
+// `scanline bench <name>`: the GPU benchmarks of bench/ (CUDA builds only).
+#include <cstdio>
+#include <string>
+
+#include "core/error.h"
+
+#ifdef SCANLINE_HAVE_CUDA
+#include "bench/ops_bench.h"
+#endif
+
+namespace scanline::cli {
+
+int bench(int argc, char** argv) {
+  SCANLINE_CHECK(argc >= 2, "bench: expected a benchmark name: ops");
+  std::string name = argv[1];
+  bool quick = false;
+  for (int i = 2; i < argc; ++i) {
+    std::string flag = argv[i];
+    SCANLINE_CHECK(flag == "--quick", "bench: unknown option '", flag, "' (expected --quick)");
+    quick = true;
+  }
+#ifdef SCANLINE_HAVE_CUDA
+  if (name == "ops") return scanline::bench::run_ops_bench(quick);
+  SCANLINE_FAIL("bench: unknown benchmark '", name, "' (expected: ops)");
+#else
+  (void)quick;
+  SCANLINE_FAIL("bench ", name, ": this build has no CUDA backend (benchmarks run on the GPU)");
+#endif
+}
+
+}  // namespace scanline::cli
