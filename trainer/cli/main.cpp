@@ -22,6 +22,7 @@ void print_help() {
       "commands:\n"
       "  demo-mlp [--steps N] [--seed S]   train a 2-layer MLP on a synthetic regression (CPU)\n"
       "  bench ops [--quick]               GPU op bandwidth vs a device copy, matmul TFLOP/s, allocator\n"
+      "  bench scan [--quick]              selective scan kernels vs a copy and the mamba_ssm kernel\n"
       "  --version                         print the version and build configuration\n"
       "  --help                            this text\n"
       "\n"
