@@ -84,7 +84,7 @@ __device__ __forceinline__ A unary_derivative(A x, A y) {
 
 template <UnaryOp Op, typename T>
 struct UnaryFn {
-  __device__ __forceinline__ T operator()(T x) const { return from_math<T>(unary_value<Op>(load_math(&x))); }
+  __device__ __forceinline__ T operator()(T x) const { return from_math<T>(unary_value<Op>(to_math(x))); }
 };
 
 // Output y is read only by the ops whose derivative uses it.
@@ -95,9 +95,9 @@ constexpr bool derivative_uses_y = Op == UnaryOp::exp || Op == UnaryOp::sqrt || 
 template <UnaryOp Op, typename T>
 struct UnaryBackwardFn {  // (grad, x) or (grad, y)
   __device__ __forceinline__ T operator()(T grad, T v) const {
-    const math_t<T> d = derivative_uses_y<Op> ? unary_derivative<Op>(math_t<T>(0), load_math(&v))
-                                               : unary_derivative<Op>(load_math(&v), math_t<T>(0));
-    return from_math<T>(load_math(&grad) * d);
+    const math_t<T> d = derivative_uses_y<Op> ? unary_derivative<Op>(math_t<T>(0), to_math(v))
+                                               : unary_derivative<Op>(to_math(v), math_t<T>(0));
+    return from_math<T>(to_math(grad) * d);
   }
 };
 
@@ -145,7 +145,8 @@ Tensor unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x, const Ten
   dispatch_floating_device(x.dtype(), name, [&]<typename T>() {
     with_unary_op(op, [&]<UnaryOp Op>() {
       // Two operands, not three: each derivative needs x or y, never both.
-      launch<T, T, T, char, 2>(name, out, UnaryBackwardFn<Op, T>{}, grad, derivative_uses_y<Op> ? y : x);
+      launch<T, T, T, char, 2, Operands::same_shape>(name, out, UnaryBackwardFn<Op, T>{}, grad,
+                                                      derivative_uses_y<Op> ? y : x);
     });
   });
   return out;

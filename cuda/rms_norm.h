@@ -2,11 +2,13 @@
 // CUDA RMSNorm over the last dimension: the device side of ops/rms_norm, with the same formulas
 // as the CPU references in ops/rms_norm_cpu.cpp (fp32 math for f32/bf16/f16, f64 for f64).
 //
-// One fused pass a row (a warp per row up to a few thousand elements, a block per row above,
-// the row held in registers; a looped two-pass kernel for unaligned or very wide rows). The
-// forward saves rstd = 1 / sqrt(mean(x^2) + eps) per row (f32; f64 for f64 input). dweight is
-// reduced deterministically: every block sums g * xhat over a fixed range of rows into its own
-// row of a workspace, and a second kernel adds the workspace rows in a fixed order.
+// One fused pass a row: the forward holds a row in registers (a warp per row up to a few
+// thousand elements, a block per row above), the backward stages rows in shared memory with
+// cp.async several iterations ahead (cuda/rms_norm_bwd.cu); a looped two-pass kernel takes
+// unaligned or very wide rows. The forward saves rstd = 1 / sqrt(mean(x^2) + eps) per row (f32;
+// f64 for f64 input). dweight is reduced deterministically: every block sums g * xhat over a fixed
+// range of rows (a function of the shape only) into its own row of a workspace, and a second
+// kernel adds the workspace rows in a fixed order.
 #include <tuple>
 #include <utility>
 

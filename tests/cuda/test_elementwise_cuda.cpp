@@ -402,3 +402,15 @@ TEST_CASE("cuda mul by a scalar over more than 2^31 bf16 elements (large)") {
   CHECK(bad == 0);
   CHECK(narrow(y, 0, n - 1, 1).item<float>() == float(BFloat16(float(values.back().to_double_vector().back() * 0.75))));
 }
+
+TEST_CASE("cuda row and column broadcasts over many grid-stride rounds match the CPU") {
+  // 40000 x 1024 bf16 is ~5M packs of 8: more than one grid-stride round per thread, so the
+  // incrementally tracked row/column positions wrap many times.
+  Tensor x = random_cpu({40000, 1024}, 501, DType::bf16);
+  Tensor row = random_cpu({1024}, 502, DType::bf16);
+  Tensor col = random_cpu({40000, 1}, 503, DType::bf16);
+  Tensor xg = on_gpu(x), rowg = on_gpu(row), colg = on_gpu(col);
+  check_relative(add(xg, rowg), add(x, row), 1e-2, 1.0, "bf16 (40000, 1024) + (1024)");
+  check_relative(mul(xg, colg), mul(x, col), 1e-2, 1.0, "bf16 (40000, 1024) * (40000, 1)");
+  check_relative(sub(rowg, xg), sub(row, x), 1e-2, 1.0, "bf16 (1024) - (40000, 1024)");
+}
