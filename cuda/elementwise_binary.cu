@@ -7,19 +7,6 @@ namespace {
 
 using namespace elementwise;
 
-const char* binary_name(BinaryOp op) {
-  switch (op) {
-    case BinaryOp::add: return "add";
-    case BinaryOp::sub: return "sub";
-    case BinaryOp::mul: return "mul";
-    case BinaryOp::div: return "div";
-    case BinaryOp::maximum: return "maximum";
-    case BinaryOp::minimum: return "minimum";
-    case BinaryOp::pow: return "pow";
-  }
-  return "binary";
-}
-
 // The CPU reference's binary_value: maximum/minimum propagate a NaN in either operand (x when x
 // is NaN, else the comparison fails and y, possibly NaN, is taken).
 template <BinaryOp Op, typename M>
@@ -57,7 +44,7 @@ void with_binary_op(BinaryOp op, Fn&& fn) {
 }  // namespace
 
 Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
-  const char* name = binary_name(op);
+  const char* name = op_name(op);
   check_operands(name, {{&a, "a"}, {&b, "b"}});
   SCANLINE_CHECK(a.dtype() == b.dtype(), name, ": expected one dtype but found ", describe(a), " and ",
                  describe(b));

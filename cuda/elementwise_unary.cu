@@ -14,26 +14,6 @@ constexpr double kInvSqrt2 = std::numbers::sqrt2 / 2;                           
 constexpr double kInvSqrt2Pi = 0.5 * std::numbers::inv_sqrtpi * std::numbers::sqrt2;  // standard normal pdf at 0
 constexpr double kTwoOverPi = 2.0 / std::numbers::pi;                                 // gelu_tanh: k = sqrt(2/pi)
 
-const char* unary_name(UnaryOp op) {
-  switch (op) {
-    case UnaryOp::neg: return "neg";
-    case UnaryOp::exp: return "exp";
-    case UnaryOp::log: return "log";
-    case UnaryOp::sqrt: return "sqrt";
-    case UnaryOp::rsqrt: return "rsqrt";
-    case UnaryOp::square: return "square";
-    case UnaryOp::sigmoid: return "sigmoid";
-    case UnaryOp::silu: return "silu";
-    case UnaryOp::softplus: return "softplus";
-    case UnaryOp::gelu: return "gelu";
-    case UnaryOp::gelu_tanh: return "gelu_tanh";
-    case UnaryOp::relu: return "relu";
-    case UnaryOp::tanh: return "tanh";
-    case UnaryOp::abs: return "abs";
-  }
-  return "unary";
-}
-
 template <UnaryOp Op, typename A>
 __device__ __forceinline__ A unary_value(A x) {
   if constexpr (Op == UnaryOp::neg) return -x;
@@ -125,7 +105,7 @@ void with_unary_op(UnaryOp op, Fn&& fn) {
 }  // namespace
 
 Tensor unary(UnaryOp op, const Tensor& x) {
-  const char* name = unary_name(op);
+  const char* name = op_name(op);
   check_operands(name, {{&x, "input"}});
   Tensor out = empty(x.shape(), x.options());
   dispatch_floating_device(x.dtype(), name, [&]<typename T>() {
@@ -135,7 +115,7 @@ Tensor unary(UnaryOp op, const Tensor& x) {
 }
 
 Tensor unary_backward(UnaryOp op, const Tensor& grad, const Tensor& x, const Tensor& y) {
-  const char* name = unary_name(op);
+  const char* name = op_name(op);
   check_operands(name, {{&grad, "grad"}, {&x, "input"}, {&y, "output"}});
   SCANLINE_CHECK(grad.shape() == x.shape() && y.shape() == x.shape() && grad.dtype() == x.dtype() &&
                      y.dtype() == x.dtype(),

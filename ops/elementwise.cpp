@@ -17,39 +17,6 @@ using Grads = std::vector<Tensor>;
 
 namespace {
 
-const char* binary_name(BinaryOp op) {
-  switch (op) {
-    case BinaryOp::add: return "add";
-    case BinaryOp::sub: return "sub";
-    case BinaryOp::mul: return "mul";
-    case BinaryOp::div: return "div";
-    case BinaryOp::maximum: return "maximum";
-    case BinaryOp::minimum: return "minimum";
-    case BinaryOp::pow: return "pow";
-  }
-  return "binary";
-}
-
-const char* unary_name(UnaryOp op) {
-  switch (op) {
-    case UnaryOp::neg: return "neg";
-    case UnaryOp::exp: return "exp";
-    case UnaryOp::log: return "log";
-    case UnaryOp::sqrt: return "sqrt";
-    case UnaryOp::rsqrt: return "rsqrt";
-    case UnaryOp::square: return "square";
-    case UnaryOp::sigmoid: return "sigmoid";
-    case UnaryOp::silu: return "silu";
-    case UnaryOp::softplus: return "softplus";
-    case UnaryOp::gelu: return "gelu";
-    case UnaryOp::gelu_tanh: return "gelu_tanh";
-    case UnaryOp::relu: return "relu";
-    case UnaryOp::tanh: return "tanh";
-    case UnaryOp::abs: return "abs";
-  }
-  return "unary";
-}
-
 Tensor scalar_like(double value, const Tensor& t) { return scalar_tensor(value, t.options()); }
 
 // Backward of a broadcasting binary op: each operand's gradient summed back to its shape.
@@ -94,7 +61,7 @@ Grads binary_backward(BinaryOp op, const BackwardContext& ctx, const Tensor& a, 
 }  // namespace
 
 Tensor binary(BinaryOp op, const Tensor& a, const Tensor& b) {
-  const char* name = binary_name(op);
+  const char* name = op_name(op);
   ops_detail::check_defined(name, a, "a");
   ops_detail::check_defined(name, b, "b");
   ops_detail::check_same_device(name, {a, b});
@@ -143,7 +110,7 @@ Tensor pow(const Tensor& a, double exponent) {
 }
 
 Tensor unary(UnaryOp op, const Tensor& x) {
-  const char* name = unary_name(op);
+  const char* name = op_name(op);
   ops_detail::check_floating(name, x, "input");
   Tensor out;
   if (x.device().is_cpu()) out = cpu::unary(op, x);
