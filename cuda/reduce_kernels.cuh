@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "core/cuda/device_utils.cuh"
+#include "cuda/row_reduce.cuh"
 
 namespace scanline::cuda::reduce_detail {
 
@@ -116,21 +117,9 @@ __device__ __forceinline__ void write_final(T* out, int64_t* out_index, int64_t 
   }
 }
 
-// W contiguous elements, loaded as one 16-byte access when W * sizeof(T) == 16.
-template <typename T, int W>
-struct alignas(sizeof(T) * W) Pack {
-  T v[W];
-};
-
-template <typename T, int W>
-__device__ __forceinline__ Pack<T, W> load_pack(const T* p) {
-  Pack<T, W> r;
-  if constexpr (sizeof(T) * W == 16) *reinterpret_cast<int4*>(&r) = __ldg(reinterpret_cast<const int4*>(p));
-  else
-#pragma unroll
-    for (int e = 0; e < W; ++e) r.v[e] = p[e];
-  return r;
-}
+// 16-byte packs and their loads are shared with the row kernels of softmax and cross-entropy.
+using rowwise::Pack;
+using rowwise::load_pack;
 
 // Combines n contiguous elements p[0..n) (element i has index k0 + i) over the threads of a
 // group: a scalar head up to 16-byte alignment, 16-byte vectors (4 in flight per thread), a
