@@ -4,22 +4,22 @@
 // an affine map x_{t+1} -> x_t per step: the same associative scan as the forward, run from the
 // last step to the first (scan_suffix in cuda/selective_scan_common.cuh).
 //
-// Kernels, in order:
-//  1. chunk_maps (when there is more than one chunk): one block per (row, chunk >= 1) composes
+// Kernels, in order (a chunk is 32 lanes x kItems steps; every scan is warp-wide):
+//  1. chunk_maps (when there is more than one chunk): one warp per (row, chunk >= 1) composes
 //     its chunk's backward maps into one (P, Q) per state: x_chunk_start = P·x_chunk_end + Q.
 //  2. carry: one thread per (row, state) walks the chunks from last to first and turns (P, Q)
 //     into x at every chunk's right edge (in place; a few values per chunk).
-//  3. main: one block per (batch, group, tile of channels, chunk). For each channel of its tile,
+//  3. main: one warp per (batch, group, tile of channels, chunk). For each channel of its tile,
 //     in order, it recomputes the chunk's states from chunk_states (forward scan), runs the
 //     backward scan from the carried x, and produces du, ddelta, dz and d initial_state directly,
-//     dA per (row, chunk) and dD, d delta_bias per (row, chunk) as partial sums (block
+//     dA per (row, chunk) and dD, d delta_bias per (row, chunk) as partial sums (warp
 //     reductions in a fixed order), and its channels' dB/dC summed in shared memory.
 //  4. reductions in a fixed order: dA, dD, d delta_bias over batch and chunks; dB, dC over tiles.
 //
 // dB/dC (batch, groups, N, L) sum over the channels of a group. No atomics and no
-// (batch, d_inner, N, L) workspace: a block sums its tile's channels into shared memory
-// accumulators (N x chunk per tensor; the chunk plan keeps them within 64 KiB) in channel order
-// and writes its (N, chunk) tile once. With one tile per group that tile is the result; with
+// (batch, d_inner, N, L) workspace: a warp sums its tile's channels into its own shared memory
+// accumulators (N x chunk per tensor; the chunk plan keeps them within 16 KiB for N <= 16) in
+// channel order and writes its (N, chunk) tile once. With one tile per group that tile is the result; with
 // several (at most kMaxTiles, and a workspace of at most max(u's bytes / 2, 4 MiB)) the tiles go
 // to a (batch, groups, tiles, N, L) f32 workspace that a second kernel adds in tile order. The
 // tile count depends on the shape only (and on whether dB/dC are wanted), so results are
@@ -35,10 +35,12 @@ namespace {
 
 using namespace scan;
 
-// Enough blocks for the main kernel to fill an H100 a few times over (it runs about 3 blocks of
-// 128 threads an SM, bound by the dB/dC accumulators).
-constexpr int64_t kTargetBlocks = 1024;
-constexpr int64_t kMaxTiles = 16;
+// Enough warps for the main kernel to fill an H100 a few times over (about 12 warps an SM are
+// resident, bound by the dB/dC accumulators).
+constexpr int64_t kTargetWarps = 4096;
+constexpr int64_t kMaxTiles = 32;
+// Dynamic shared memory a block may use on sm_90 (227 KiB), rounded down.
+constexpr int64_t kMaxBlockSharedBytes = 224 * 1024;
 constexpr int64_t kMinTileWorkspace = int64_t(4) << 20;
 
 // ds (d loss / d ungated y) from dy and z at one step.
@@ -57,19 +59,26 @@ struct MapsParams {
   math_t<T>* maps_b;  // (rows, n_chunks, N): Q
 };
 
-template <typename T, int kThreads, int kItems>
-__global__ void __launch_bounds__(kThreads) selective_scan_chunk_maps_kernel(MapsParams<T> p) {
+// A warp covers 32 · kFwdItems steps: lanes of kFwdItems steps each, chunk / kFwdItems lanes a
+// chunk, each chunk's maps composed by a segmented shuffle reduction. Chunks 0 (never needed)
+// and past the end are skipped.
+template <typename T>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_chunk_maps_kernel(MapsParams<T> p) {
   using W = math_t<T>;
-  constexpr int kWarps = kThreads / 32;
-  __shared__ ScanSmem<W, kWarps> smem;
+  constexpr int kItems = kFwdItems;
+  constexpr int64_t kSpan = 32 * kItems;
   const ScanInputs<T>& in = p.in;
-  const int64_t L = in.L, N = in.N, n_chunks = in.n_chunks;
-  const int64_t row = int64_t(blockIdx.x) / (n_chunks - 1), c = 1 + int64_t(blockIdx.x) % (n_chunks - 1);
+  const int64_t L = in.L, N = in.N, n_chunks = in.n_chunks, chunk = in.chunk;
+  const int64_t spans = (L + kSpan - 1) / kSpan;
+  const int lane = int(threadIdx.x & 31), width = int(chunk / kItems);
+  const int64_t work = int64_t(blockIdx.x) * kWarpsPerBlock + (threadIdx.x >> 5);
+  if (work >= in.batch * in.d_inner * spans) return;  // whole warps only
+  const int64_t row = work / spans, t0 = (work % spans) * kSpan + int64_t(lane) * kItems;
+  const int64_t c = t0 / chunk;
+  const bool writes = (lane & (width - 1)) == 0 && c >= 1 && c < n_chunks;
   const int64_t d = row % in.d_inner, b = row / in.d_inner, g = d / in.per_group;
-  const int64_t t0 = c * in.chunk + int64_t(threadIdx.x) * kItems;
-  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5);
 
-  W dt[kItems], ds[kItems];
+  W dt[kItems], ds[kItems], dt_sum = W(0);
   {
     W dy[kItems], zv[kItems];
     load_items(in.delta + row * L, t0, L, in.vec, dt);
@@ -79,46 +88,26 @@ __global__ void __launch_bounds__(kThreads) selective_scan_chunk_maps_kernel(Map
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       const W raw = dt[i] + bias;
-      dt[i] = t0 + i < L ? (in.softplus ? softplus_m(raw) : raw) : W(0);
+      dt[i] = t0 + i < L ? (in.softplus ? softplus_m(raw) : raw) * kLog2e<W> : W(0);
+      dt_sum += dt[i];
       ds[i] = gate_grad(dy[i], in.z ? zv[i] : W(0), in.z != nullptr);
     }
   }
   const T* C_rows = in.C + (b * in.groups + g) * N * L;
   const W* A_row = in.A + d * N;
-  int slot = 0;
   for (int64_t n = 0; n < N; ++n) {
     const W A_n = A_row[n];
     W Cv[kItems];
     load_items(C_rows + n * L, t0, L, in.vec, Cv);
-    W qa = W(1), qb = W(0);  // the thread's maps, the latest applied first
+    W qa = exp2_m(dt_sum * A_n), qb = W(0);  // the lane's maps, the latest applied first
 #pragma unroll
-    for (int i = kItems - 1; i >= 0; --i) {
-      const W a = exp_m(dt[i] * A_n);
-      qb = a * qb + a * ds[i] * Cv[i];
-      qa = a * qa;
-    }
-#pragma unroll
-    for (int offset = 1; offset < 32; offset <<= 1) {
-      const W a_down = __shfl_down_sync(0xffffffffu, qa, offset), b_down = __shfl_down_sync(0xffffffffu, qb, offset);
-      if (lane + offset < 32) {
-        qb = qa * b_down + qb;
-        qa = qa * a_down;
-      }
-    }
-    if (lane == 0) smem.a[slot][warp] = qa, smem.b[slot][warp] = qb;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      W ta = W(1), tb = W(0);
-      for (int w = kWarps - 1; w >= 0; --w) {
-        const W xa = smem.a[slot][w], xb = smem.b[slot][w];
-        tb = xa * tb + xb;
-        ta = xa * ta;
-      }
+    for (int i = kItems - 1; i >= 0; --i) qb = exp2_m(dt[i] * A_n) * (qb + ds[i] * Cv[i]);
+    warp_suffix_inclusive(qa, qb, width);
+    if (writes) {
       const int64_t at = (row * n_chunks + c) * N + n;
-      p.maps_a[at] = ta;
-      p.maps_b[at] = tb;
+      p.maps_a[at] = qa;
+      p.maps_b[at] = qb;
     }
-    slot ^= 1;
   }
 }
 
@@ -163,48 +152,46 @@ struct BwdParams {
   int64_t tiles, tile_channels;
 };
 
-// Dynamic shared memory: dA_warp [kWarps][N], then (unless direct) the dB and dC accumulators
-// [N][kItems][kThreads] each (when wanted), laid out so that a warp's accesses hit distinct banks.
-template <typename T, int kThreads, int kItems>
-__global__ void __launch_bounds__(kThreads) selective_scan_bwd_kernel(BwdParams<T> p) {
+// Dynamic shared memory, per warp (unless direct): its dB and dC accumulators [N][kItems][32]
+// each (when wanted), laid out so that a warp's accesses hit distinct banks; only the owning lane
+// touches a slot, so no synchronization is needed.
+template <typename T, int kItems>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel(BwdParams<T> p) {
   using W = math_t<T>;
-  constexpr int kWarps = kThreads / 32;
-  __shared__ ScanSmem<W, kWarps> scan_smem;
-  __shared__ W sum_scratch[32];
   extern __shared__ __align__(16) unsigned char bwd_smem[];
   const ScanInputs<T>& in = p.in;
   const int64_t L = in.L, N = in.N, n_chunks = in.n_chunks;
-  const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5);
   const bool accumulate = !p.direct;
-  W* dA_warp = reinterpret_cast<W*>(bwd_smem);
-  W* acc_B = dA_warp + kWarps * N;
-  W* acc_C = acc_B + (accumulate && p.need_B ? N * kItems * kThreads : 0);
+  const int64_t acc_values = accumulate ? int64_t(p.need_B + p.need_C) * N * kItems * 32 : 0;
+  W* acc_B = reinterpret_cast<W*>(bwd_smem) + warp * acc_values;
+  W* acc_C = acc_B + (accumulate && p.need_B ? N * kItems * 32 : 0);
 
-  int64_t block = blockIdx.x;
-  const int64_t c = block % n_chunks;
-  block /= n_chunks;
-  const int64_t tile = block % p.tiles;
-  const int64_t bg = block / p.tiles;  // batch * groups + group
+  int64_t work = int64_t(blockIdx.x) * (blockDim.x >> 5) + warp;
+  if (work >= in.batch * in.groups * p.tiles * n_chunks) return;  // whole warps only
+  const int64_t c = work % n_chunks;
+  work /= n_chunks;
+  const int64_t tile = work % p.tiles;
+  const int64_t bg = work / p.tiles;  // batch * groups + group
   const int64_t g = bg % in.groups, b = bg / in.groups;
   const int64_t d_begin = g * in.per_group + tile * p.tile_channels;
   const int64_t d_end = min(d_begin + p.tile_channels, (g + 1) * in.per_group);
   const T* B_rows = in.B + bg * N * L;
   const T* C_rows = in.C + bg * N * L;
-  const int64_t t0 = c * in.chunk + int64_t(tid) * kItems;
+  const int64_t t0 = c * in.chunk + int64_t(lane) * kItems;
 
   if (accumulate) {
-    for (int64_t k = 0; k < N * kItems; ++k) {  // only this thread's slots: no synchronization
-      if (p.need_B) acc_B[k * kThreads + tid] = W(0);
-      if (p.need_C) acc_C[k * kThreads + tid] = W(0);
+    for (int64_t k = 0; k < N * kItems; ++k) {  // only this lane's slots
+      if (p.need_B) acc_B[k * 32 + lane] = W(0);
+      if (p.need_C) acc_C[k * 32 + lane] = W(0);
     }
   }
 
-  int slot = 0;
   for (int64_t d = d_begin; d < d_end; ++d) {
     const int64_t row = b * in.d_inner + d;
     const int64_t state_at = (row * n_chunks + c) * N;
-    W u[kItems], dt[kItems], raw[kItems], dy[kItems], zv[kItems], ds[kItems], dtu[kItems];
-    W du[kItems], ddt[kItems], pre[kItems];
+    W u[kItems], dt[kItems], dt2[kItems], raw[kItems], dy[kItems], zv[kItems], ds[kItems], dtu[kItems];
+    W du[kItems], ddt[kItems], pre[kItems], dt2_sum = W(0);
     load_steps<kItems>(in, row, d, t0, u, dt, raw);
     load_items(p.dy + row * L, t0, L, in.vec, dy);
     if (in.z) load_items(in.z + row * L, t0, L, in.vec, zv);
@@ -213,6 +200,8 @@ __global__ void __launch_bounds__(kThreads) selective_scan_bwd_kernel(BwdParams<
     for (int i = 0; i < kItems; ++i) {
       ds[i] = gate_grad(dy[i], in.z ? zv[i] : W(0), in.z != nullptr);
       dtu[i] = dt[i] * u[i];
+      dt2[i] = dt[i] * kLog2e<W>;
+      dt2_sum += dt2[i];
       du[i] = ds[i] * D;
       ddt[i] = W(0);
       pre[i] = D * u[i];
@@ -222,40 +211,36 @@ __global__ void __launch_bounds__(kThreads) selective_scan_bwd_kernel(BwdParams<
       const W A_n = A_row[n];
       const W h_chunk = p.chunk_states[state_at + n];                  // loaded early: the scans
       const W x_chunk = p.x_right ? p.x_right[state_at + n] : W(0);  // hide their latency
-      W Bv[kItems], Cv[kItems], a[kItems], bx[kItems], h_prev[kItems];
+      W Bv[kItems], Cv[kItems], a[kItems], bx[kItems], h_prev[kItems], dsC[kItems];
       load_items(B_rows + n * L, t0, L, in.vec, Bv);
       load_items(C_rows + n * L, t0, L, in.vec, Cv);
       // Recompute the states: forward scan from the state entering the chunk.
-      W pa = W(1), pb = W(0);
+      // Both composites multiply the same decays: Π_i a_i = exp2(Σ_i dt2_i·A) for either.
+      W pa = exp2_m(dt2_sum * A_n), pb = W(0);
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
-        a[i] = exp_m(dt[i] * A_n);
+        a[i] = exp2_m(dt2[i] * A_n);
         bx[i] = dtu[i] * Bv[i];
+        dsC[i] = ds[i] * Cv[i];
         pb = a[i] * pb + bx[i];
-        pa = a[i] * pa;
       }
-      scan_prefix<kWarps>(pa, pb, scan_smem, slot);
-      slot ^= 1;
+      // The state gradient: backward scan of x_t = a_t·(x_{t+1} + ds_t·C_t) from the chunk's right edge.
+      W qa = pa, qb = W(0);
+#pragma unroll
+      for (int i = kItems - 1; i >= 0; --i) qb = a[i] * (qb + dsC[i]);
+      warp_prefix(pa, pb);  // the two scans are independent: their shuffles overlap
+      warp_suffix(qa, qb);
       W h = pa * h_chunk + pb;
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         h_prev[i] = h;
         h = a[i] * h + bx[i];
       }
-      // The state gradient: backward scan of x_t = a_t·(x_{t+1} + ds_t·C_t) from the chunk's right edge.
-      W qa = W(1), qb = W(0);
-#pragma unroll
-      for (int i = kItems - 1; i >= 0; --i) {
-        qb = a[i] * qb + a[i] * ds[i] * Cv[i];
-        qa = a[i] * qa;
-      }
-      scan_suffix<kWarps>(qa, qb, scan_smem, slot);
-      slot ^= 1;
       W x = qa * x_chunk + qb;
       W dA_sum = W(0), dBv[kItems], dCv[kItems];
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) {
-        const W grad_h = x + ds[i] * Cv[i];  // d loss / d h_t
+        const W grad_h = x + dsC[i];  // d loss / d h_t
         const W h_t = a[i] * h_prev[i] + bx[i];
         pre[i] += Cv[i] * h_t;
         const W grad_exponent = grad_h * a[i] * h_prev[i];  // d loss / d (Δ_t·A[n])
@@ -266,21 +251,21 @@ __global__ void __launch_bounds__(kThreads) selective_scan_bwd_kernel(BwdParams<
         dCv[i] = ds[i] * h_t;
         x = a[i] * grad_h;  // on to h_{t-1}
       }
-      if (p.dinit && c == 0 && tid == 0) p.dinit[row * N + n] = x;
+      if (p.dinit && c == 0 && lane == 0) p.dinit[row * N + n] = x;
       if (p.direct) {
         if (p.dB) store_items(p.dB + (bg * N + n) * L, t0, L, in.vec, dBv);
         if (p.dC) store_items(p.dC + (bg * N + n) * L, t0, L, in.vec, dCv);
       } else {
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
-          const int64_t k = (n * kItems + i) * kThreads + tid;
+          const int64_t k = (n * kItems + i) * 32 + lane;
           if (p.need_B) acc_B[k] += dBv[i];
           if (p.need_C) acc_C[k] += dCv[i];
         }
       }
       if (p.dA_part) {
         dA_sum = warp_sum(dA_sum);
-        if (lane == 0) dA_warp[warp * N + n] = dA_sum;
+        if (lane == 0) p.dA_part[state_at + n] = dA_sum;
       }
     }
 
@@ -302,22 +287,12 @@ __global__ void __launch_bounds__(kThreads) selective_scan_bwd_kernel(BwdParams<
     if (p.ddelta) store_items(p.ddelta + row * L, t0, L, in.vec, ddelta);
     if (p.dz) store_items(p.dz + row * L, t0, L, in.vec, dzv);
     if (p.dD_part) {
-      const W total = block_sum(dD_sum, sum_scratch);
-      if (tid == 0) p.dD_part[row * n_chunks + c] = total;
+      dD_sum = warp_sum(dD_sum);
+      if (lane == 0) p.dD_part[row * n_chunks + c] = dD_sum;
     }
     if (p.dbias_part) {
-      const W total = block_sum(dbias_sum, sum_scratch);
-      if (tid == 0) p.dbias_part[row * n_chunks + c] = total;
-    }
-    if (p.dA_part) {
-      __syncthreads();  // every warp's dA_warp entries are written
-      for (int64_t n = tid; n < N; n += kThreads) {
-        W total = W(0);
-#pragma unroll
-        for (int w = 0; w < kWarps; ++w) total += dA_warp[w * N + n];
-        p.dA_part[state_at + n] = total;
-      }
-      __syncthreads();  // read before the next channel overwrites them
+      dbias_sum = warp_sum(dbias_sum);
+      if (lane == 0) p.dbias_part[row * n_chunks + c] = dbias_sum;
     }
   }
 
@@ -326,7 +301,7 @@ __global__ void __launch_bounds__(kThreads) selective_scan_bwd_kernel(BwdParams<
     W vB[kItems], vC[kItems];
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
-      const int64_t k = (n * kItems + i) * kThreads + tid;
+      const int64_t k = (n * kItems + i) * 32 + lane;
       vB[i] = p.need_B ? acc_B[k] : W(0);
       vC[i] = p.need_C ? acc_C[k] : W(0);
     }
@@ -451,18 +426,19 @@ ScanBackwardResult selective_scan_bwd(const Tensor& u, const Tensor& delta, cons
   const bool direct = per_group == 1;
   int64_t tiles = 1;
   if (per_group > 1) {
-    tiles = std::min(per_group, ceil_div(kTargetBlocks, batch * groups * n_chunks));
+    tiles = std::min(per_group, ceil_div(kTargetWarps, batch * groups * n_chunks));
     if (need_B || need_C) {
       const int64_t math_bytes = u.dtype() == DType::f64 ? 8 : 4;
       const int64_t per_tile = 2 * batch * groups * N * L * math_bytes;
-      const int64_t budget = std::max(u.numel() * int64_t(dtype_size(u.dtype())) / 2, kMinTileWorkspace);
+      const int64_t budget = std::max(u.numel() * int64_t(dtype_size(u.dtype())), kMinTileWorkspace);
       tiles = std::clamp<int64_t>(budget / per_tile, 1, std::min(tiles, kMaxTiles));
     }
   }
   const int64_t tile_channels = ceil_div(per_group, tiles);
   tiles = ceil_div(per_group, tile_channels);
-  const int64_t main_blocks = batch * groups * tiles * n_chunks;
-  SCANLINE_CHECK(rows * std::max<int64_t>(n_chunks - 1, 1) <= int64_t(0x7fffffff) && main_blocks <= int64_t(0x7fffffff),
+  const int64_t main_warps = batch * groups * tiles * n_chunks;
+  SCANLINE_CHECK(ceil_div(rows * ceil_div(L, 32 * kFwdItems), kWarpsPerBlock) <= int64_t(0x7fffffff) &&
+                     ceil_div(main_warps, kWarpsPerBlock) <= int64_t(0x7fffffff),
                  op, ": ", rows, " rows x ", n_chunks, " chunks exceed the CUDA grid limit");
 
   const Shape part_shape{batch, d_inner, n_chunks, N}, row_part_shape{batch, d_inner, n_chunks};
@@ -485,12 +461,10 @@ ScanBackwardResult selective_scan_bwd(const Tensor& u, const Tensor& delta, cons
       maps_a = empty(part_shape, param_opts);
       maps_b = empty(part_shape, param_opts);
       MapsParams<T> mp{in, data_at<const T>(gy), data_at<W>(maps_a), data_at<W>(maps_b)};
-      mp.in.vec = in.vec && aligned16(mp.dy);
-      dispatch_plan(prep.plan, [&]<int kThreads, int kItems>() {
-        selective_scan_chunk_maps_kernel<T, kThreads, kItems>
-            <<<unsigned(rows * (n_chunks - 1)), kThreads, 0, stream>>>(mp);
-        CUDA_CHECK_LAUNCH("selective_scan backward chunk_maps");
-      });
+      mp.in.vec = vec_for(in, kFwdItems) && aligned16(mp.dy);
+      const int64_t map_blocks = ceil_div(rows * ceil_div(L, 32 * kFwdItems), kWarpsPerBlock);
+      selective_scan_chunk_maps_kernel<T><<<unsigned(map_blocks), 32 * kWarpsPerBlock, 0, stream>>>(mp);
+      CUDA_CHECK_LAUNCH("selective_scan backward chunk_maps");
       selective_scan_carry_kernel<W><<<blocks_for(rows * N, kReduceThreads), kReduceThreads, 0, stream>>>(
           data_at<W>(maps_a), data_at<const W>(maps_b), x_right, rows, N, n_chunks);
       CUDA_CHECK_LAUNCH("selective_scan backward carry");
@@ -519,14 +493,18 @@ ScanBackwardResult selective_scan_bwd(const Tensor& u, const Tensor& delta, cons
     p.direct = direct;
     p.tiles = tiles;
     p.tile_channels = tile_channels;
-    p.in.vec = in.vec && all_aligned16({p.dy, p.du, p.ddelta, p.dz, p.dB, p.dC, p.dB_part, p.dC_part});
-    dispatch_plan(prep.plan, [&]<int kThreads, int kItems>() {
-      constexpr int kWarps = kThreads / 32;
-      const int64_t acc_values = direct ? 0 : int64_t(need_B + need_C) * N * kItems * kThreads;
-      const size_t smem = size_t(kWarps * N + acc_values) * sizeof(W);
-      auto kernel = selective_scan_bwd_kernel<T, kThreads, kItems>;
+    p.in.vec = vec_for(in, prep.plan.items) &&
+               all_aligned16({p.dy, p.du, p.ddelta, p.dz, p.dB, p.dC, p.dB_part, p.dC_part});
+    dispatch_plan(prep.plan, [&]<int kItems>() {
+      const int64_t acc_values = direct ? 0 : int64_t(need_B + need_C) * N * kItems * 32;
+      // Fewer warps a block when their accumulators would not fit (N > 128 in f32).
+      const int64_t warp_bytes = acc_values * int64_t(sizeof(W));
+      const int64_t warps = std::clamp<int64_t>(kMaxBlockSharedBytes / std::max<int64_t>(warp_bytes, 1), 1,
+                                                kWarpsPerBlock);
+      const size_t smem = size_t(warps * warp_bytes);
+      auto kernel = selective_scan_bwd_kernel<T, kItems>;
       allow_shared_memory(kernel, smem);
-      kernel<<<unsigned(main_blocks), kThreads, smem, stream>>>(p);
+      kernel<<<unsigned(ceil_div(main_warps, warps)), unsigned(32 * warps), smem, stream>>>(p);
       CUDA_CHECK_LAUNCH("selective_scan backward");
     });
 

@@ -2,11 +2,12 @@
 // Shared by cuda/selective_scan_fwd.cu and cuda/selective_scan_bwd.cu: the chunk plan (both
 // kernels must cut time into the same chunks, because the backward restarts from the states the
 // forward saved at chunk starts), item loads and stores, the discretization math and the
-// block-wide scans of the affine maps h -> a·h + b.
+// warp-wide scans of the affine maps h -> a·h + b.
 //
-// Time is cut into chunks of kThreads · kItems steps; thread k of a block owns the kItems
-// consecutive steps [chunk_start + k·kItems, chunk_start + (k + 1)·kItems). For one state n a
-// step t is the affine map f_t(h) = a_t·h + b_t (a_t = exp(Δ_t·A[n]), b_t = Δ_t·B_t[n]·u_t), so
+// Every scan here is warp-wide: lane k of a warp owns kItems consecutive steps, composes their
+// maps sequentially in registers, and the warp combines the 32 composites with shuffles. No
+// kernel needs a block barrier inside its time loop. For one state n a step t is the affine map
+// f_t(h) = a_t·h + b_t (a_t = exp(Δ_t·A[n]), b_t = Δ_t·B_t[n]·u_t), and
 //   (a1, b1) then (a2, b2)  =  (a1·a2, a2·b1 + b2)
 // is associative; a chunk's states are the prefix scan of its maps applied to the state entering
 // the chunk. The gradient runs the same operator backwards in time (see selective_scan_bwd.cu).
@@ -20,48 +21,44 @@ namespace scanline::cuda::scan {
 
 // Largest state size N the CUDA kernels take (mamba_ssm has the same bound).
 inline constexpr int64_t kMaxStateSize = 256;
-// Shared memory for the backward's dB/dC accumulators, 2 · N · chunk math values per block.
-inline constexpr int64_t kAccumulatorBytes = 64 * 1024;
+// Steps a lane of the forward kernel owns per pass: a warp walks time 32 · 16 = 512 steps at a
+// time, so the sequential work of a lane amortizes the shuffles of the warp scan.
+inline constexpr int kFwdItems = 16;
+// Shared memory a backward warp may spend on its dB/dC accumulators (2 · N · chunk math values):
+// 16 KiB keeps about a dozen warps an SM resident for N = 16.
+inline constexpr int64_t kWarpAccumulatorBytes = 16 * 1024;
 
 struct ChunkPlan {
-  int threads = 0;     // kThreads: 32, 64 or 128
-  int items = 0;       // kItems: 1 or 4 consecutive steps a thread
-  int64_t chunk = 0;   // threads · items
+  int items = 0;       // backward steps a lane: 4, 2 or 1
+  int64_t chunk = 0;   // 32 · items: the steps between saved states, one backward warp's work
   int64_t n_chunks = 0;
 };
 
-// The chunk plan of a scan over L steps with N states in a math type of math_bytes bytes. The
-// largest chunk (512) whose backward dB/dC accumulators fit kAccumulatorBytes and that does not
-// exceed L by much (128 for L <= 128, 256 for L <= 256). Depends on the shape only, so forward
-// and backward always agree. Returns threads == 0 when N is too large.
+// The chunk plan of a scan over L steps with N states in a math type of math_bytes bytes: the
+// longest chunk (128 steps) whose backward accumulators fit kWarpAccumulatorBytes, else 32 steps
+// (up to 64 KiB a warp for N = 256). Depends on the shape only, so forward and backward always
+// agree. Returns items == 0 when N is too large.
 inline ChunkPlan plan_chunks(int64_t L, int64_t N, int64_t math_bytes) {
-  struct Candidate { int threads, items; };
-  constexpr Candidate kCandidates[] = {{128, 4}, {64, 4}, {32, 4}, {32, 1}};
-  const int64_t length_cap = L <= 128 ? 128 : (L <= 256 ? 256 : 512);
   ChunkPlan plan;
-  if (N < 1 || N > kMaxStateSize) return plan;
-  for (const Candidate& c : kCandidates) {
-    const int64_t chunk = int64_t(c.threads) * c.items;
-    const bool last = c.items == 1;  // the smallest chunk: taken whenever it fits
-    if (!last && chunk > length_cap) continue;
-    if (2 * N * chunk * math_bytes > kAccumulatorBytes) continue;
-    plan.threads = c.threads;
-    plan.items = c.items;
-    plan.chunk = chunk;
-    plan.n_chunks = (L + chunk - 1) / chunk;
-    return plan;
-  }
+  if (N < 1 || N > kMaxStateSize || (math_bytes == 8 && N > kMaxStateSize / 2)) return plan;
+  plan.items = 1;
+  for (int items : {4, 2})
+    if (2 * N * 32 * items * math_bytes <= kWarpAccumulatorBytes) {
+      plan.items = items;
+      break;
+    }
+  plan.chunk = 32 * int64_t(plan.items);
+  plan.n_chunks = (L + plan.chunk - 1) / plan.chunk;
   return plan;
 }
 
-// Calls fn.template operator()<kThreads, kItems>() for a plan.
+// Calls fn.template operator()<kItems>() for a plan's backward items per lane.
 template <typename Fn>
 void dispatch_plan(const ChunkPlan& plan, Fn&& fn) {
-  if (plan.threads == 128 && plan.items == 4) return fn.template operator()<128, 4>();
-  if (plan.threads == 64 && plan.items == 4) return fn.template operator()<64, 4>();
-  if (plan.threads == 32 && plan.items == 4) return fn.template operator()<32, 4>();
-  if (plan.threads == 32 && plan.items == 1) return fn.template operator()<32, 1>();
-  SCANLINE_FAIL("selective_scan: no kernel for ", plan.threads, " threads x ", plan.items, " items");
+  if (plan.items == 4) return fn.template operator()<4>();
+  if (plan.items == 2) return fn.template operator()<2>();
+  if (plan.items == 1) return fn.template operator()<1>();
+  SCANLINE_FAIL("selective_scan: no kernel for ", plan.items, " items a lane");
 }
 
 // Calls fn.template operator()<T>() for the device type of the scan's input dtype: f32, bf16 or
@@ -78,15 +75,28 @@ void dispatch_scan_dtype(DType dtype, const char* op, Fn&& fn) {
 
 // ---- math -------------------------------------------------------------------------------------
 
+template <typename W>
+inline constexpr W kLog2e = W(1.4426950408889634);
+
 __device__ __forceinline__ float exp_m(float x) { return expf(x); }
 __device__ __forceinline__ double exp_m(double x) { return exp(x); }
+// 2^x as one MUFU.EX2 in f32 (2 ulp; results below 2^-126 flush to zero, which a decay factor
+// may). The kernels scale A by log2(e) once per state, so that exp(Δ·A) = exp2(Δ·A·log2 e)
+// costs a multiply and this instead of expf's longer sequence.
+__device__ __forceinline__ float exp2_m(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+__device__ __forceinline__ double exp2_m(double x) { return exp2(x); }
+
 
 // softplus(x) = max(x, 0) + log1p(exp(-|x|)): neither overflows nor loses digits for large |x|.
 __device__ __forceinline__ float softplus_m(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }
 __device__ __forceinline__ double softplus_m(double x) { return fmax(x, 0.0) + log1p(exp(-fabs(x))); }
 
-template <typename W>
-__device__ __forceinline__ W sigmoid_m(W x) { return W(1) / (W(1) + exp_m(-x)); }
+__device__ __forceinline__ float sigmoid_m(float x) { return __frcp_rn(1.0f + exp2_m(-x * kLog2e<float>)); }
+__device__ __forceinline__ double sigmoid_m(double x) { return 1.0 / (1.0 + exp(-x)); }
 
 // ---- loads and stores of a thread's kItems consecutive steps ----------------------------------
 
@@ -137,77 +147,57 @@ __device__ __forceinline__ void store_items(T* __restrict__ p, int64_t t0, int64
     if (t0 + i < L) p[t0 + i] = from_math<T>(math_t<T>(v[i]));
 }
 
-// ---- block-wide scans of affine maps ------------------------------------------------------------
+// ---- warp-wide scans of affine maps --------------------------------------------------------------
 
-// Per-warp totals of one scan, double-buffered: scan k writes slot k & 1, so a scan never
-// overwrites totals that a slower warp may still read from the previous one (each scan has one
-// __syncthreads between its writes and its reads).
-template <typename W, int kWarps>
-struct ScanSmem {
-  W a[2][kWarps];
-  W b[2][kWarps];
-};
+inline constexpr unsigned kFullMask = 0xffffffffu;
 
-// Forward in time. In: (a, b), this thread's composite map over its items (earliest applied
-// first). Out: the composite of every earlier thread of the block, so that the state entering
-// this thread's items is a·h_chunk + b, h_chunk being the state entering the chunk. All threads
-// of the block must call it (it synchronizes once).
-template <int kWarps, typename W>
-__device__ __forceinline__ void scan_prefix(W& a, W& b, ScanSmem<W, kWarps>& smem, int slot) {
-  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5);
-  constexpr unsigned kFull = 0xffffffffu;
+// Forward in time. In: (a, b), this lane's composite map over its items (earliest applied first).
+// Out: the composite of every earlier lane of the warp (identity for lane 0), so that the state
+// entering this lane's items is a·h + b, h being the state entering the warp's steps.
+template <typename W>
+__device__ __forceinline__ void warp_prefix(W& a, W& b) {
+  const int lane = int(threadIdx.x & 31);
 #pragma unroll
   for (int offset = 1; offset < 32; offset <<= 1) {
-    const W a_up = __shfl_up_sync(kFull, a, offset), b_up = __shfl_up_sync(kFull, b, offset);
-    if (lane >= offset) {  // (a_up, b_up) covers the earlier lanes: it applies first
+    const W a_up = __shfl_up_sync(kFullMask, a, offset), b_up = __shfl_up_sync(kFullMask, b, offset);
+    if (lane >= offset) {  // (a_up, b_up) covers earlier lanes: it applies first
       b = a * b_up + b;
       a = a * a_up;
     }
   }
   // (a, b) now covers lanes 0 .. lane; the exclusive prefix is the previous lane's.
-  W ea = __shfl_up_sync(kFull, a, 1), eb = __shfl_up_sync(kFull, b, 1);
-  if (lane == 0) ea = W(1), eb = W(0);
-  if (lane == 31) smem.a[slot][warp] = a, smem.b[slot][warp] = b;
-  __syncthreads();
-  W wa = W(1), wb = W(0);  // the warps before this one, in order
-  for (int w = 0; w < warp; ++w) {
-    const W xa = smem.a[slot][w], xb = smem.b[slot][w];
-    wb = xa * wb + xb;
-    wa = xa * wa;
-  }
-  a = ea * wa;
-  b = ea * wb + eb;
+  const W ea = __shfl_up_sync(kFullMask, a, 1), eb = __shfl_up_sync(kFullMask, b, 1);
+  a = lane == 0 ? W(1) : ea;
+  b = lane == 0 ? W(0) : eb;
 }
 
-// Backward in time. In: (a, b), this thread's composite map x_left = a·x_right + b over its items
-// (latest applied first). Out: the composite of every later thread of the block, so that the
-// value at this thread's right edge is a·x_chunk + b, x_chunk being the value at the chunk's
-// right edge. All threads of the block must call it (it synchronizes once).
-template <int kWarps, typename W>
-__device__ __forceinline__ void scan_suffix(W& a, W& b, ScanSmem<W, kWarps>& smem, int slot) {
-  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5);
-  constexpr unsigned kFull = 0xffffffffu;
+// Backward in time, inclusive, within segments of `width` lanes (a power of two <= 32). In:
+// (a, b), this lane's composite x_left = a·x_right + b over its items (latest applied first).
+// Out: the composite over lanes lane .. the end of its segment.
+template <typename W>
+__device__ __forceinline__ void warp_suffix_inclusive(W& a, W& b, int width = 32) {
+  const int in_segment = int(threadIdx.x & 31) & (width - 1);
 #pragma unroll
   for (int offset = 1; offset < 32; offset <<= 1) {
-    const W a_down = __shfl_down_sync(kFull, a, offset), b_down = __shfl_down_sync(kFull, b, offset);
-    if (lane + offset < 32) {  // (a_down, b_down) covers the later lanes: it applies first
+    if (offset >= width) break;
+    const W a_down = __shfl_down_sync(kFullMask, a, offset, width);
+    const W b_down = __shfl_down_sync(kFullMask, b, offset, width);
+    if (in_segment + offset < width) {  // (a_down, b_down) covers later lanes: it applies first
       b = a * b_down + b;
       a = a * a_down;
     }
   }
-  // (a, b) now covers lanes lane .. 31; the exclusive suffix is the next lane's.
-  W ea = __shfl_down_sync(kFull, a, 1), eb = __shfl_down_sync(kFull, b, 1);
-  if (lane == 31) ea = W(1), eb = W(0);
-  if (lane == 0) smem.a[slot][warp] = a, smem.b[slot][warp] = b;
-  __syncthreads();
-  W wa = W(1), wb = W(0);  // the warps after this one, the last applied first
-  for (int w = kWarps - 1; w > warp; --w) {
-    const W xa = smem.a[slot][w], xb = smem.b[slot][w];
-    wb = xa * wb + xb;
-    wa = xa * wa;
-  }
-  a = ea * wa;
-  b = ea * wb + eb;
+}
+
+// Backward in time, exclusive: the composite of every later lane (identity for lane 31), so that
+// the value at this lane's right edge is a·x + b, x being the value at the warp's right edge.
+template <typename W>
+__device__ __forceinline__ void warp_suffix(W& a, W& b) {
+  warp_suffix_inclusive(a, b);
+  const int lane = int(threadIdx.x & 31);
+  const W ea = __shfl_down_sync(kFullMask, a, 1), eb = __shfl_down_sync(kFullMask, b, 1);
+  a = lane == 31 ? W(1) : ea;
+  b = lane == 31 ? W(0) : eb;
 }
 
 }  // namespace scanline::cuda::scan
@@ -249,7 +239,7 @@ inline Prepared prepare(const char* op, const Tensor& u, const Tensor& delta, co
   p.per_group = p.d_inner / p.groups;
   const int64_t math_bytes = u.dtype() == DType::f64 ? 8 : 4;
   p.plan = plan_chunks(p.L, p.N, math_bytes);
-  SCANLINE_CHECK(p.plan.threads > 0, op, ": the CUDA kernels take at most ", math_bytes == 8 ? kMaxStateSize / 2 : kMaxStateSize,
+  SCANLINE_CHECK(p.plan.items > 0, op, ": the CUDA kernels take at most ", math_bytes == 8 ? kMaxStateSize / 2 : kMaxStateSize,
                  " states (N) for ", u.dtype(), " inputs but A ", describe(A), " has N = ", p.N);
   SCANLINE_CHECK(p.batch * p.d_inner <= int64_t(0x7fffffff), op, ": batch * d_inner = ", p.batch * p.d_inner,
                  " exceeds the CUDA grid limit of 2^31 - 1 blocks");
@@ -267,17 +257,21 @@ inline bool all_aligned16(std::initializer_list<const void*> ptrs) {
   return true;
 }
 
-// What both kernels read, as raw pointers. vec: a thread's kItems steps may be moved as whole
-// 4/8/16-byte words (L % kItems == 0 and every (batch, channel) or (batch, group, state) row
-// starts on a word boundary because the base pointers are 16-byte aligned).
+// What both kernels read, as raw pointers. aligned: every base pointer is 16-byte aligned, so a
+// lane's kItems steps may be moved as whole 4/8/16-byte words when L % kItems == 0 (every
+// (batch, channel) or (batch, group, state) row then starts on a word boundary); see vec_for.
 template <typename T>
 struct ScanInputs {
   using W = math_t<T>;
   const T *u, *delta, *z, *B, *C;
   const W *A, *D, *bias;
   int64_t batch, d_inner, L, N, groups, per_group, chunk, n_chunks;
-  bool softplus, vec;
+  bool softplus, aligned;
+  bool vec = false;  // set per kernel: aligned && L % its kItems == 0
 };
+
+template <typename T>
+bool vec_for(const ScanInputs<T>& in, int items) { return items > 1 && in.aligned && in.L % items == 0; }
 
 template <typename T>
 ScanInputs<T> scan_inputs(const Prepared& p) {
@@ -300,9 +294,12 @@ ScanInputs<T> scan_inputs(const Prepared& p) {
   in.chunk = p.plan.chunk;
   in.n_chunks = p.plan.n_chunks;
   in.softplus = p.softplus;
-  in.vec = p.plan.items > 1 && p.L % p.plan.items == 0 && all_aligned16({in.u, in.delta, in.z, in.B, in.C});
+  in.aligned = all_aligned16({in.u, in.delta, in.z, in.B, in.C});
   return in;
 }
+
+// Warps a block of the scan kernels: independent warps, grouped only to share L1 and launch.
+inline constexpr int kWarpsPerBlock = 4;
 
 // Opts a kernel into more than the default 48 KiB of dynamic shared memory when it needs it.
 template <typename Kernel>
@@ -310,7 +307,7 @@ void allow_shared_memory(Kernel kernel, size_t bytes) {
   if (bytes > 48 * 1024) CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
-// ---- device: one thread's steps of one (batch, channel) row -------------------------------------
+// ---- device: one lane's steps of one (batch, channel) row -------------------------------------
 
 // Loads u and delta of steps [t0, t0 + kItems) of a row and forms Δ (bias, softplus); steps past
 // L get u = 0 and Δ = 0, so that their map is the identity (a = 1, b = 0) and they add nothing.

@@ -1,4 +1,4 @@
-// Forward selective scan: one block per (batch, channel) row, time in chunks (see
+// Forward selective scan: one warp per (batch, channel) row, time in passes of 512 steps (see
 // cuda/selective_scan.h for the layout and cuda/selective_scan_common.cuh for the scans).
 #include "cuda/selective_scan.h"
 #include "cuda/selective_scan_common.cuh"
@@ -17,65 +17,70 @@ struct FwdParams {
   math_t<T>* chunk_states;   // (batch, d_inner, n_chunks, N): the state entering each chunk
 };
 
-// Block = one (batch, channel) row; dynamic shared memory: the carried state, 2 x N math values
-// (slot c & 1 holds the state entering chunk c, slot (c + 1) & 1 receives the one leaving it).
-template <typename T, int kThreads, int kItems>
-__global__ void __launch_bounds__(kThreads) selective_scan_fwd_kernel(FwdParams<T> p) {
+// One warp per (batch, channel) row, kWarpsPerBlock rows a block (neighbouring channels share B
+// and C through L1). The warp walks time kPass = 32 · kFwdItems steps at a time; per state it
+// composes each lane's kFwdItems maps, scans the 32 composites with shuffles and applies the
+// prefix to the state carried from the previous pass. Lanes whose first step starts a chunk save
+// the state entering it. Dynamic shared memory: the carried state, N math values a warp.
+template <typename T>
+__global__ void __launch_bounds__(32 * kWarpsPerBlock, 4) selective_scan_fwd_kernel(FwdParams<T> p) {
   using W = math_t<T>;
-  constexpr int kWarps = kThreads / 32;
-  __shared__ ScanSmem<W, kWarps> scan_smem;
+  constexpr int kItems = kFwdItems;
+  constexpr int64_t kPass = 32 * kItems;
   extern __shared__ __align__(16) unsigned char fwd_smem[];
-  W* carry = reinterpret_cast<W*>(fwd_smem);
-
   const ScanInputs<T>& in = p.in;
-  const int64_t row = blockIdx.x, L = in.L, N = in.N, n_chunks = in.n_chunks;
+  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5);
+  const int64_t row = int64_t(blockIdx.x) * kWarpsPerBlock + warp;
+  if (row >= in.batch * in.d_inner) return;  // whole warps only: no barrier below
+  const int64_t L = in.L, N = in.N, chunk = in.chunk, n_chunks = in.n_chunks;
+  W* carry = reinterpret_cast<W*>(fwd_smem) + warp * N;
   const int64_t d = row % in.d_inner, b = row / in.d_inner, g = d / in.per_group;
   const T* B_rows = in.B + (b * in.groups + g) * N * L;
   const T* C_rows = in.C + (b * in.groups + g) * N * L;
   const W* A_row = in.A + d * N;
   const W D = in.D ? in.D[d] : W(0);
 
-  for (int64_t n = threadIdx.x; n < N; n += kThreads) carry[n] = p.h0 ? p.h0[row * N + n] : W(0);
-  __syncthreads();
+  for (int64_t n = lane; n < N; n += 32) carry[n] = p.h0 ? p.h0[row * N + n] : W(0);
+  __syncwarp();
 
-  int slot = 0;
-  for (int64_t c = 0; c < n_chunks; ++c) {
-    const int64_t t0 = c * in.chunk + int64_t(threadIdx.x) * kItems;
+  for (int64_t pass = 0; pass * kPass < L; ++pass) {
+    const int64_t t0 = pass * kPass + int64_t(lane) * kItems;
+    // A lane saves chunk states when its first step starts a chunk (chunk is a multiple of kItems).
+    const bool saves = t0 < L && t0 % chunk == 0;
     W u[kItems], dt[kItems], raw[kItems], dtu[kItems], out[kItems];
     load_steps<kItems>(in, row, d, t0, u, dt, raw);
+    W dt_sum = W(0);  // Π_i exp2(dt_i·A) = exp2(Σ_i dt_i·A): the composite's factor in one exponential
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       dtu[i] = dt[i] * u[i];
       out[i] = D * u[i];
+      dt[i] *= kLog2e<W>;  // exp(Δ·A) = exp2(Δ·log2(e)·A)
+      dt_sum += dt[i];
     }
-    const W* carry_in = carry + (c & 1) * N;
-    W* carry_out = carry + ((c + 1) & 1) * N;
     for (int64_t n = 0; n < N; ++n) {
       const W A_n = A_row[n];
       W Bv[kItems], Cv[kItems], a[kItems], bx[kItems];
       load_items(B_rows + n * L, t0, L, in.vec, Bv);
       load_items(C_rows + n * L, t0, L, in.vec, Cv);
-      // The thread's composite map over its steps, then the block's exclusive prefix of them.
-      W pa = W(1), pb = W(0);
+      W pa = exp2_m(dt_sum * A_n), pb = W(0);  // the lane's composite map over its steps
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
-        a[i] = exp_m(dt[i] * A_n);
+        a[i] = exp2_m(dt[i] * A_n);
         bx[i] = dtu[i] * Bv[i];
         pb = a[i] * pb + bx[i];
-        pa = a[i] * pa;
       }
-      scan_prefix<kWarps>(pa, pb, scan_smem, slot);
-      slot ^= 1;
-      const W h_chunk = carry_in[n];  // read after the scan's __syncthreads: the last chunk wrote it
-      W h = pa * h_chunk + pb;
+      warp_prefix(pa, pb);
+      const W h_pass = carry[n];
+      W h = pa * h_pass + pb;  // the state entering this lane's steps
+      if (saves) p.chunk_states[(row * n_chunks + t0 / chunk) * N + n] = h;
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
         h = a[i] * h + bx[i];
         out[i] += Cv[i] * h;
       }
-      // Steps past L are identities, so the last thread holds the state after the chunk's last step.
-      if (threadIdx.x == kThreads - 1) carry_out[n] = h;
-      if (threadIdx.x == 0) p.chunk_states[(row * n_chunks + c) * N + n] = h_chunk;
+      // Steps past L are identities, so lane 31 holds the state after the pass's last step.
+      __syncwarp();  // every lane has read carry[n]
+      if (lane == 31) carry[n] = h;
     }
     if (in.z) {
       W zv[kItems];
@@ -84,10 +89,9 @@ __global__ void __launch_bounds__(kThreads) selective_scan_fwd_kernel(FwdParams<
       for (int i = 0; i < kItems; ++i) out[i] *= zv[i] * sigmoid_m(zv[i]);
     }
     store_items(p.y + row * L, t0, L, in.vec, out);
+    __syncwarp();  // lane 31's carries are visible to the next pass
   }
-  __syncthreads();
-  const W* last = carry + (n_chunks & 1) * N;
-  for (int64_t n = threadIdx.x; n < N; n += kThreads) p.final_state[row * N + n] = last[n];
+  for (int64_t n = lane; n < N; n += 32) p.final_state[row * N + n] = carry[n];
 }
 
 }  // namespace
@@ -113,18 +117,17 @@ ScanForwardResult selective_scan_fwd(const Tensor& u, const Tensor& delta, const
     using W = math_t<T>;
     FwdParams<T> p;
     p.in = scan_inputs<T>(prep);
-    p.in.vec = p.in.vec && aligned16(data_at<T>(r.y));
+    p.in.vec = vec_for(p.in, kFwdItems) && aligned16(data_at<T>(r.y));
     p.h0 = ptr_or_null<W>(prep.h0);
     p.y = data_at<T>(r.y);
     p.final_state = data_at<W>(r.final_state);
     p.chunk_states = data_at<W>(r.chunk_states);
-    const size_t smem = size_t(2 * N) * sizeof(W);
-    dispatch_plan(prep.plan, [&]<int kThreads, int kItems>() {
-      auto kernel = selective_scan_fwd_kernel<T, kThreads, kItems>;
-      allow_shared_memory(kernel, smem);
-      kernel<<<unsigned(rows), kThreads, smem, current_stream()>>>(p);
-      CUDA_CHECK_LAUNCH("selective_scan forward");
-    });
+    const size_t smem = size_t(kWarpsPerBlock * N) * sizeof(W);
+    const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
+    auto kernel = selective_scan_fwd_kernel<T>;
+    allow_shared_memory(kernel, smem);
+    kernel<<<unsigned(blocks), 32 * kWarpsPerBlock, smem, current_stream()>>>(p);
+    CUDA_CHECK_LAUNCH("selective_scan forward");
   });
   return r;
 }

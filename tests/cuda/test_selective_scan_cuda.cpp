@@ -185,8 +185,10 @@ TEST_CASE("cuda selective_scan f32 matches the CPU reference over lengths, state
 
 TEST_CASE("cuda selective_scan around the chunk sizes of every plan (f32)") {
   uint64_t seed = 20000;
-  // N 16: chunks of 128 (L <= 128), 256 (L <= 256), else 512; N 32: 256; N 64: 128; N 200: 32.
-  for (int64_t N : {16, 32})
+  // f32 chunks (cuda/selective_scan_common.cuh): N 16: 128 steps; N 32: 64; N 64 and N 200: 32.
+  // The forward walks 512 steps a warp pass and the chunk-map pass 512 a warp, so lengths
+  // straddle both.
+  for (int64_t N : {16, 32, 64})
     for (int64_t L : {127, 128, 129, 255, 256, 257, 511, 512, 513, 1025})
       check_config({.batch = 1, .d_inner = 3, .L = L, .N = N, .groups = 1}, DType::f32, seed += 1000);
   for (int64_t L : {31, 32, 33, 300})
@@ -228,6 +230,14 @@ TEST_CASE("cuda selective_scan dB/dC channel tiles: uneven tiles, one tile of ma
   check_config({.batch = 2, .d_inner = 80, .L = 257, .N = 16, .groups = 2}, DType::bf16, seed += 1000);
 }
 
+TEST_CASE("cuda selective_scan over 65536 steps matches the CPU reference (f32 and bf16)") {
+  // The acceptance sweep's longest sequence: many chunks carried forward and backward. A
+  // few channels keep the sequential CPU reference affordable.
+  const Config c{.batch = 1, .d_inner = 3, .L = 65536, .N = 16, .groups = 1};
+  check_config(c, DType::f32, 55000);
+  check_config(c, DType::bf16, 56000);
+}
+
 TEST_CASE("cuda selective_scan reads non-contiguous inputs") {
   check_config({.batch = 2, .d_inner = 5, .L = 2049, .N = 16, .groups = 1}, DType::f32, 60000, true);
   check_config({.batch = 2, .d_inner = 4, .L = 64, .N = 16, .groups = 4}, DType::bf16, 61000, true);
@@ -237,7 +247,7 @@ TEST_CASE("cuda selective_scan saves the state entering every chunk") {
   const Config c{.batch = 2, .d_inner = 3, .L = 2049, .N = 16, .groups = 1};
   const Inputs in = make_inputs(c, 70000, DType::f32);
   const int64_t chunk = cuda::selective_scan_chunk_size(c.L, c.N, DType::f32);
-  REQUIRE(chunk == 512);
+  REQUIRE(chunk == 128);
   std::vector<Tensor> g(9);
   for (size_t i = 0; i < 9; ++i)
     if (in.t[i].defined()) g[i] = on_gpu(in.t[i]);
@@ -285,9 +295,10 @@ TEST_CASE("cuda selective_scan handles an empty batch") {
 }
 
 TEST_CASE("cuda selective_scan forward + backward peak memory stays below 1.5x inputs, outputs and gradients") {
-  // (batch 1, d_inner 256, L 16384, N 16) bf16 with D, z, delta_bias and softplus: no
-  // (batch, d_inner, L, N) tensor may appear (that alone would be 128 MiB in f32).
-  const Config c{.batch = 1, .d_inner = 256, .L = 16384, .N = 16, .groups = 1, .h0 = false};
+  // The acceptance shape: (batch 1, d_inner 2048, L 65536, N 16) bf16 with D, z, delta_bias and
+  // softplus. One (batch, d_inner, L, N) f32 tensor alone would be 8.6 GB, against about 2.2 GB
+  // for inputs, outputs and gradients. GPU only: the CPU reference would take far too long here.
+  const Config c{.batch = 1, .d_inner = 2048, .L = 65536, .N = 16, .groups = 1, .h0 = false};
   const Inputs in = make_inputs(c, 95000, DType::bf16);
   cuda::synchronize(0);
   const size_t before = cuda::allocator_stats(0).allocated;
