@@ -1,6 +1,7 @@
 #pragma once
 // Every differentiable op, for code that uses many of them (models, trainer, tests).
 #include "ops/causal_conv1d.h"
+#include "ops/causal_conv1d_step.h"
 #include "ops/concat.h"
 #include "ops/cross_entropy.h"
 #include "ops/elementwise.h"
@@ -9,5 +10,6 @@
 #include "ops/reduce.h"
 #include "ops/rms_norm.h"
 #include "ops/selective_scan.h"
+#include "ops/selective_scan_step.h"
 #include "ops/softmax.h"
 #include "ops/views.h"
