@@ -95,10 +95,13 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_chunk_maps
   }
   const T* C_rows = in.C + (b * in.groups + g) * N * L;
   const W* A_row = in.A + d * N;
+  RawItems<kItems, T> C_next;  // state n + 1's, loaded while state n computes
+  load_raw(C_rows, t0, L, in.vec, C_next);
   for (int64_t n = 0; n < N; ++n) {
     const W A_n = A_row[n];
     W Cv[kItems];
-    load_items(C_rows + n * L, t0, L, in.vec, Cv);
+    to_math(C_next, Cv);
+    if (n + 1 < N) load_raw(C_rows + (n + 1) * L, t0, L, in.vec, C_next);
     W qa = exp2_m(dt_sum * A_n), qb = W(0);  // the lane's maps, the latest applied first
 #pragma unroll
     for (int i = kItems - 1; i >= 0; --i) qb = exp2_m(dt[i] * A_n) * (qb + ds[i] * Cv[i]);
@@ -207,13 +210,23 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
       pre[i] = D * u[i];
     }
     const W* A_row = in.A + d * N;
+    // State n + 1's inputs are loaded while state n computes, hiding their latency.
+    RawItems<kItems, T> B_next, C_next;
+    load_raw(B_rows, t0, L, in.vec, B_next);
+    load_raw(C_rows, t0, L, in.vec, C_next);
+    W A_next = A_row[0], h_next = p.chunk_states[state_at], x_next = p.x_right ? p.x_right[state_at] : W(0);
     for (int64_t n = 0; n < N; ++n) {
-      const W A_n = A_row[n];
-      const W h_chunk = p.chunk_states[state_at + n];                  // loaded early: the scans
-      const W x_chunk = p.x_right ? p.x_right[state_at + n] : W(0);  // hide their latency
+      const W A_n = A_next, h_chunk = h_next, x_chunk = x_next;
       W Bv[kItems], Cv[kItems], a[kItems], bx[kItems], h_prev[kItems], dsC[kItems];
-      load_items(B_rows + n * L, t0, L, in.vec, Bv);
-      load_items(C_rows + n * L, t0, L, in.vec, Cv);
+      to_math(B_next, Bv);
+      to_math(C_next, Cv);
+      if (n + 1 < N) {
+        load_raw(B_rows + (n + 1) * L, t0, L, in.vec, B_next);
+        load_raw(C_rows + (n + 1) * L, t0, L, in.vec, C_next);
+        A_next = A_row[n + 1];
+        h_next = p.chunk_states[state_at + n + 1];
+        x_next = p.x_right ? p.x_right[state_at + n + 1] : W(0);
+      }
       // Recompute the states: forward scan from the state entering the chunk.
       // Both composites multiply the same decays: Π_i a_i = exp2(Σ_i dt2_i·A) for either.
       W pa = exp2_m(dt2_sum * A_n), pb = W(0);

@@ -126,6 +126,37 @@ __device__ __forceinline__ void load_items(const T* __restrict__ p, int64_t t0, 
   for (int i = 0; i < kItems; ++i) v[i] = t0 + i < L ? W(load_math(p + t0 + i)) : W(0);
 }
 
+// A lane's kItems raw values of one row, as stored (bf16 stays 2 bytes): the kernels load the
+// next state's B and C into these while computing the current one, which hides the load latency
+// without doubling the registers a prefetch in f32 would take.
+template <int kItems, typename T>
+struct RawItems {
+  alignas(16) T e[kItems];
+};
+
+// r = p[t0 .. t0 + kItems) (zeros past L), same vec contract as load_items.
+template <int kItems, typename T>
+__device__ __forceinline__ void load_raw(const T* __restrict__ p, int64_t t0, int64_t L, bool vec, RawItems<kItems, T>& r) {
+  constexpr int kBytes = kItems * int(sizeof(T));
+  if constexpr (kItems > 1 && kBytes % 4 == 0) {
+    if (vec && t0 + kItems <= L) {
+      using Word = word_t<kBytes>;
+#pragma unroll
+      for (int w = 0; w < kBytes / int(sizeof(Word)); ++w)
+        reinterpret_cast<Word*>(r.e)[w] = reinterpret_cast<const Word*>(p + t0)[w];
+      return;
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) r.e[i] = t0 + i < L ? p[t0 + i] : from_math<T>(math_t<T>(0));
+}
+
+template <int kItems, typename T, typename W>
+__device__ __forceinline__ void to_math(const RawItems<kItems, T>& r, W (&v)[kItems]) {
+#pragma unroll
+  for (int i = 0; i < kItems; ++i) v[i] = W(load_math(&r.e[i]));
+}
+
 // p[t0 + i] = v[i] for the steps before L (same vec contract as load_items).
 template <int kItems, typename T, typename W>
 __device__ __forceinline__ void store_items(T* __restrict__ p, int64_t t0, int64_t L, bool vec, const W (&v)[kItems]) {

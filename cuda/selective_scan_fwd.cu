@@ -57,11 +57,20 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, 4) selective_scan_fwd_ker
       dt[i] *= kLog2e<W>;  // exp(Δ·A) = exp2(Δ·log2(e)·A)
       dt_sum += dt[i];
     }
+    RawItems<kItems, T> B_next, C_next;  // state n + 1's, loaded while state n computes
+    load_raw(B_rows, t0, L, in.vec, B_next);
+    load_raw(C_rows, t0, L, in.vec, C_next);
+    W A_next = A_row[0];
     for (int64_t n = 0; n < N; ++n) {
-      const W A_n = A_row[n];
+      const W A_n = A_next;
       W Bv[kItems], Cv[kItems], a[kItems], bx[kItems];
-      load_items(B_rows + n * L, t0, L, in.vec, Bv);
-      load_items(C_rows + n * L, t0, L, in.vec, Cv);
+      to_math(B_next, Bv);
+      to_math(C_next, Cv);
+      if (n + 1 < N) {
+        load_raw(B_rows + (n + 1) * L, t0, L, in.vec, B_next);
+        load_raw(C_rows + (n + 1) * L, t0, L, in.vec, C_next);
+        A_next = A_row[n + 1];
+      }
       W pa = exp2_m(dt_sum * A_n), pb = W(0);  // the lane's composite map over its steps
 #pragma unroll
       for (int i = 0; i < kItems; ++i) {
