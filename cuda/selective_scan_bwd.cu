@@ -20,7 +20,7 @@
 // (batch, d_inner, N, L) workspace: a warp sums its tile's channels into its own shared memory
 // accumulators (N x chunk per tensor; the chunk plan keeps them within 16 KiB for N <= 16) in
 // channel order and writes its (N, chunk) tile once. With one tile per group that tile is the result; with
-// several (at most kMaxTiles, and a workspace of at most max(u's bytes / 2, 4 MiB)) the tiles go
+// several (at most kMaxTiles, and a workspace of at most max(2 x u's bytes, 4 MiB)) the tiles go
 // to a (batch, groups, tiles, N, L) f32 workspace that a second kernel adds in tile order. The
 // tile count depends on the shape only (and on whether dB/dC are wanted), so results are
 // bitwise reproducible. When groups == d_inner there is nothing to sum and dB/dC are written
@@ -37,8 +37,8 @@ using namespace scan;
 
 // Enough warps for the main kernel to fill an H100 a few times over (about 12 warps an SM are
 // resident, bound by the dB/dC accumulators).
-constexpr int64_t kTargetWarps = 4096;
-constexpr int64_t kMaxTiles = 32;
+constexpr int64_t kTargetWarps = 8192;
+constexpr int64_t kMaxTiles = 64;
 // Dynamic shared memory a block may use on sm_90 (227 KiB), rounded down.
 constexpr int64_t kMaxBlockSharedBytes = 224 * 1024;
 constexpr int64_t kMinTileWorkspace = int64_t(4) << 20;
@@ -61,13 +61,14 @@ struct MapsParams {
 
 // A warp covers 32 · kFwdItems steps: lanes of kFwdItems steps each, chunk / kFwdItems lanes a
 // chunk, each chunk's maps composed by a segmented shuffle reduction. Chunks 0 (never needed)
-// and past the end are skipped.
-template <typename T>
+// and past the end are skipped. kVec: whole-word loads (see load_items).
+template <typename T, bool kVec>
 __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_chunk_maps_kernel(MapsParams<T> p) {
   using W = math_t<T>;
   constexpr int kItems = kFwdItems;
   constexpr int64_t kSpan = 32 * kItems;
   const ScanInputs<T>& in = p.in;
+  const bool vec = kVec;
   const int64_t L = in.L, N = in.N, n_chunks = in.n_chunks, chunk = in.chunk;
   const int64_t spans = (L + kSpan - 1) / kSpan;
   const int lane = int(threadIdx.x & 31), width = int(chunk / kItems);
@@ -81,9 +82,9 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_chunk_maps
   W dt[kItems], ds[kItems], dt_sum = W(0);
   {
     W dy[kItems], zv[kItems];
-    load_items(in.delta + row * L, t0, L, in.vec, dt);
-    load_items(p.dy + row * L, t0, L, in.vec, dy);
-    if (in.z) load_items(in.z + row * L, t0, L, in.vec, zv);
+    load_items(in.delta + row * L, t0, L, vec, dt);
+    load_items(p.dy + row * L, t0, L, vec, dy);
+    if (in.z) load_items(in.z + row * L, t0, L, vec, zv);
     const W bias = in.bias ? in.bias[d] : W(0);
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
@@ -96,12 +97,12 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_chunk_maps
   const T* C_rows = in.C + (b * in.groups + g) * N * L;
   const W* A_row = in.A + d * N;
   RawItems<kItems, T> C_next;  // state n + 1's, loaded while state n computes
-  load_raw(C_rows, t0, L, in.vec, C_next);
+  load_raw(C_rows, t0, L, vec, C_next);
   for (int64_t n = 0; n < N; ++n) {
     const W A_n = A_row[n];
     W Cv[kItems];
     to_math(C_next, Cv);
-    if (n + 1 < N) load_raw(C_rows + (n + 1) * L, t0, L, in.vec, C_next);
+    if (n + 1 < N) load_raw(C_rows + (n + 1) * L, t0, L, vec, C_next);
     W qa = exp2_m(dt_sum * A_n), qb = W(0);  // the lane's maps, the latest applied first
 #pragma unroll
     for (int i = kItems - 1; i >= 0; --i) qb = exp2_m(dt[i] * A_n) * (qb + ds[i] * Cv[i]);
@@ -116,22 +117,32 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_chunk_maps
 
 // ---- 2. carry the state gradient across chunk boundaries --------------------------------------
 
-// maps_a in: P; out: x at the right edge of each chunk (the last chunk's is grad_final).
+// maps_a in: P; out: x at the right edge of each chunk (the last chunk's is grad_final). The
+// maps of kBatch chunks are loaded before they are applied, so their loads overlap.
 template <typename W>
 __global__ void selective_scan_carry_kernel(W* __restrict__ maps_a, const W* __restrict__ maps_b,
                                             const W* __restrict__ grad_final, int64_t rows, int64_t N,
                                             int64_t n_chunks) {
+  constexpr int kBatch = 8;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * N;
        i += int64_t(gridDim.x) * blockDim.x) {
     const int64_t row = i / N, n = i % N;
+    W* a_row = maps_a + row * n_chunks * N + n;
+    const W* b_row = maps_b + row * n_chunks * N + n;
     W x = grad_final ? grad_final[i] : W(0);
-    for (int64_t c = n_chunks - 1; c >= 1; --c) {
-      const int64_t at = (row * n_chunks + c) * N + n;
-      const W a = maps_a[at], b = maps_b[at];
-      maps_a[at] = x;
-      x = a * x + b;
+    for (int64_t top = n_chunks - 1; top >= 1; top -= kBatch) {
+      W a[kBatch], b[kBatch];
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k)
+        if (top - k >= 1) a[k] = a_row[(top - k) * N], b[k] = b_row[(top - k) * N];
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k)
+        if (top - k >= 1) {
+          a_row[(top - k) * N] = x;
+          x = a[k] * x + b[k];
+        }
     }
-    maps_a[row * n_chunks * N + n] = x;
+    a_row[0] = x;
   }
 }
 
@@ -155,20 +166,26 @@ struct BwdParams {
   int64_t tiles, tile_channels;
 };
 
-// Dynamic shared memory, per warp (unless direct): its dB and dC accumulators [N][kItems][32]
-// each (when wanted), laid out so that a warp's accesses hit distinct banks; only the owning lane
-// touches a slot, so no synchronization is needed.
-template <typename T, int kItems>
+// Dynamic shared memory, per warp: (unless direct) its dB and dC accumulators [N][kItems][32]
+// each (when wanted), laid out so that a warp's accesses hit distinct banks, then the lanes' dA
+// partials [N][32]. Only the owning lane touches an accumulator slot, so no synchronization is
+// needed; the dA partials are summed after a __syncwarp.
+// kFast: the training case, compiled without its branches: whole-word loads (vec), channels
+// summed in the accumulators (not direct), and dB, dC, dA all wanted.
+template <typename T, int kItems, bool kFast>
 __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel(BwdParams<T> p) {
   using W = math_t<T>;
   extern __shared__ __align__(16) unsigned char bwd_smem[];
   const ScanInputs<T>& in = p.in;
   const int64_t L = in.L, N = in.N, n_chunks = in.n_chunks;
   const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5);
-  const bool accumulate = !p.direct;
-  const int64_t acc_values = accumulate ? int64_t(p.need_B + p.need_C) * N * kItems * 32 : 0;
-  W* acc_B = reinterpret_cast<W*>(bwd_smem) + warp * acc_values;
-  W* acc_C = acc_B + (accumulate && p.need_B ? N * kItems * 32 : 0);
+  const bool vec = kFast || in.vec;
+  const bool accumulate = kFast || !p.direct;
+  const bool need_B = kFast || p.need_B, need_C = kFast || p.need_C, need_dA = kFast || p.dA_part;
+  const int64_t acc_values = accumulate ? int64_t(need_B + need_C) * N * kItems * 32 : 0;
+  W* acc_B = reinterpret_cast<W*>(bwd_smem) + warp * (acc_values + N * 32);
+  W* acc_C = acc_B + (accumulate && need_B ? N * kItems * 32 : 0);
+  W* dA_lane = acc_B + acc_values;  // [N][32]: each lane's dA partial of the current channel
 
   int64_t work = int64_t(blockIdx.x) * (blockDim.x >> 5) + warp;
   if (work >= in.batch * in.groups * p.tiles * n_chunks) return;  // whole warps only
@@ -185,8 +202,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
 
   if (accumulate) {
     for (int64_t k = 0; k < N * kItems; ++k) {  // only this lane's slots
-      if (p.need_B) acc_B[k * 32 + lane] = W(0);
-      if (p.need_C) acc_C[k * 32 + lane] = W(0);
+      if (need_B) acc_B[k * 32 + lane] = W(0);
+      if (need_C) acc_C[k * 32 + lane] = W(0);
     }
   }
 
@@ -195,9 +212,9 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
     const int64_t state_at = (row * n_chunks + c) * N;
     W u[kItems], dt[kItems], dt2[kItems], raw[kItems], dy[kItems], zv[kItems], ds[kItems], dtu[kItems];
     W du[kItems], ddt[kItems], pre[kItems], dt2_sum = W(0);
-    load_steps<kItems>(in, row, d, t0, u, dt, raw);
-    load_items(p.dy + row * L, t0, L, in.vec, dy);
-    if (in.z) load_items(in.z + row * L, t0, L, in.vec, zv);
+    load_steps<kItems>(in, vec, row, d, t0, u, dt, raw);
+    load_items(p.dy + row * L, t0, L, vec, dy);
+    if (in.z) load_items(in.z + row * L, t0, L, vec, zv);
     const W D = in.D ? in.D[d] : W(0);
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
@@ -212,8 +229,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
     const W* A_row = in.A + d * N;
     // State n + 1's inputs are loaded while state n computes, hiding their latency.
     RawItems<kItems, T> B_next, C_next;
-    load_raw(B_rows, t0, L, in.vec, B_next);
-    load_raw(C_rows, t0, L, in.vec, C_next);
+    load_raw(B_rows, t0, L, vec, B_next);
+    load_raw(C_rows, t0, L, vec, C_next);
     W A_next = A_row[0], h_next = p.chunk_states[state_at], x_next = p.x_right ? p.x_right[state_at] : W(0);
     for (int64_t n = 0; n < N; ++n) {
       const W A_n = A_next, h_chunk = h_next, x_chunk = x_next;
@@ -221,11 +238,20 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
       to_math(B_next, Bv);
       to_math(C_next, Cv);
       if (n + 1 < N) {
-        load_raw(B_rows + (n + 1) * L, t0, L, in.vec, B_next);
-        load_raw(C_rows + (n + 1) * L, t0, L, in.vec, C_next);
+        load_raw(B_rows + (n + 1) * L, t0, L, vec, B_next);
+        load_raw(C_rows + (n + 1) * L, t0, L, vec, C_next);
         A_next = A_row[n + 1];
         h_next = p.chunk_states[state_at + n + 1];
         x_next = p.x_right ? p.x_right[state_at + n + 1] : W(0);
+      }
+      W accB[kItems], accC[kItems];  // the running dB/dC sums, read early for the same reason
+      if (accumulate) {
+#pragma unroll
+        for (int i = 0; i < kItems; ++i) {
+          const int64_t k = (n * kItems + i) * 32 + lane;
+          accB[i] = need_B ? acc_B[k] : W(0);
+          accC[i] = need_C ? acc_C[k] : W(0);
+        }
       }
       // Recompute the states: forward scan from the state entering the chunk.
       // Both composites multiply the same decays: Π_i a_i = exp2(Σ_i dt2_i·A) for either.
@@ -265,21 +291,28 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
         x = a[i] * grad_h;  // on to h_{t-1}
       }
       if (p.dinit && c == 0 && lane == 0) p.dinit[row * N + n] = x;
-      if (p.direct) {
-        if (p.dB) store_items(p.dB + (bg * N + n) * L, t0, L, in.vec, dBv);
-        if (p.dC) store_items(p.dC + (bg * N + n) * L, t0, L, in.vec, dCv);
+      if (!accumulate) {
+        if (p.dB) store_items(p.dB + (bg * N + n) * L, t0, L, vec, dBv);
+        if (p.dC) store_items(p.dC + (bg * N + n) * L, t0, L, vec, dCv);
       } else {
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
           const int64_t k = (n * kItems + i) * 32 + lane;
-          if (p.need_B) acc_B[k] += dBv[i];
-          if (p.need_C) acc_C[k] += dCv[i];
+          if (need_B) acc_B[k] = accB[i] + dBv[i];
+          if (need_C) acc_C[k] = accC[i] + dCv[i];
         }
       }
-      if (p.dA_part) {
-        dA_sum = warp_sum(dA_sum);
-        if (lane == 0) p.dA_part[state_at + n] = dA_sum;
+      // dA: the lane's partial now, the sum over lanes once per channel (no shuffle chain a state).
+      if (need_dA) dA_lane[n * 32 + lane] = dA_sum;
+    }
+    if (need_dA) {
+      __syncwarp();
+      for (int64_t n = lane; n < N; n += 32) {
+        W total = W(0);
+        for (int j = 0; j < 32; ++j) total += dA_lane[n * 32 + j];
+        p.dA_part[state_at + n] = total;
       }
+      __syncwarp();  // read before the next channel overwrites them
     }
 
     // Per-step gradients of the channel and its per-chunk partial sums.
@@ -296,9 +329,9 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
         dzv[i] = dy[i] * pre[i] * sig * (W(1) + zv[i] * (W(1) - sig));
       }
     }
-    if (p.du) store_items(p.du + row * L, t0, L, in.vec, du);
-    if (p.ddelta) store_items(p.ddelta + row * L, t0, L, in.vec, ddelta);
-    if (p.dz) store_items(p.dz + row * L, t0, L, in.vec, dzv);
+    if (p.du) store_items(p.du + row * L, t0, L, vec, du);
+    if (p.ddelta) store_items(p.ddelta + row * L, t0, L, vec, ddelta);
+    if (p.dz) store_items(p.dz + row * L, t0, L, vec, dzv);
     if (p.dD_part) {
       dD_sum = warp_sum(dD_sum);
       if (lane == 0) p.dD_part[row * n_chunks + c] = dD_sum;
@@ -315,16 +348,16 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       const int64_t k = (n * kItems + i) * 32 + lane;
-      vB[i] = p.need_B ? acc_B[k] : W(0);
-      vC[i] = p.need_C ? acc_C[k] : W(0);
+      vB[i] = need_B ? acc_B[k] : W(0);
+      vC[i] = need_C ? acc_C[k] : W(0);
     }
     if (p.tiles == 1) {
-      if (p.dB) store_items(p.dB + (bg * N + n) * L, t0, L, in.vec, vB);
-      if (p.dC) store_items(p.dC + (bg * N + n) * L, t0, L, in.vec, vC);
+      if (p.dB) store_items(p.dB + (bg * N + n) * L, t0, L, vec, vB);
+      if (p.dC) store_items(p.dC + (bg * N + n) * L, t0, L, vec, vC);
     } else {
       const int64_t at = ((bg * p.tiles + tile) * N + n) * L;
-      if (p.dB_part) store_items(p.dB_part + at, t0, L, in.vec, vB);
-      if (p.dC_part) store_items(p.dC_part + at, t0, L, in.vec, vC);
+      if (p.dB_part) store_items(p.dB_part + at, t0, L, vec, vB);
+      if (p.dC_part) store_items(p.dC_part + at, t0, L, vec, vC);
     }
   }
 }
@@ -443,7 +476,7 @@ ScanBackwardResult selective_scan_bwd(const Tensor& u, const Tensor& delta, cons
     if (need_B || need_C) {
       const int64_t math_bytes = u.dtype() == DType::f64 ? 8 : 4;
       const int64_t per_tile = 2 * batch * groups * N * L * math_bytes;
-      const int64_t budget = std::max(u.numel() * int64_t(dtype_size(u.dtype())), kMinTileWorkspace);
+      const int64_t budget = std::max(2 * u.numel() * int64_t(dtype_size(u.dtype())), kMinTileWorkspace);
       tiles = std::clamp<int64_t>(budget / per_tile, 1, std::min(tiles, kMaxTiles));
     }
   }
@@ -476,7 +509,8 @@ ScanBackwardResult selective_scan_bwd(const Tensor& u, const Tensor& delta, cons
       MapsParams<T> mp{in, data_at<const T>(gy), data_at<W>(maps_a), data_at<W>(maps_b)};
       mp.in.vec = vec_for(in, kFwdItems) && aligned16(mp.dy);
       const int64_t map_blocks = ceil_div(rows * ceil_div(L, 32 * kFwdItems), kWarpsPerBlock);
-      selective_scan_chunk_maps_kernel<T><<<unsigned(map_blocks), 32 * kWarpsPerBlock, 0, stream>>>(mp);
+      auto maps_kernel = mp.in.vec ? selective_scan_chunk_maps_kernel<T, true> : selective_scan_chunk_maps_kernel<T, false>;
+      maps_kernel<<<unsigned(map_blocks), 32 * kWarpsPerBlock, 0, stream>>>(mp);
       CUDA_CHECK_LAUNCH("selective_scan backward chunk_maps");
       selective_scan_carry_kernel<W><<<blocks_for(rows * N, kReduceThreads), kReduceThreads, 0, stream>>>(
           data_at<W>(maps_a), data_at<const W>(maps_b), x_right, rows, N, n_chunks);
@@ -508,14 +542,15 @@ ScanBackwardResult selective_scan_bwd(const Tensor& u, const Tensor& delta, cons
     p.tile_channels = tile_channels;
     p.in.vec = vec_for(in, prep.plan.items) &&
                all_aligned16({p.dy, p.du, p.ddelta, p.dz, p.dB, p.dC, p.dB_part, p.dC_part});
+    const bool fast = p.in.vec && !direct && need_B && need_C && p.dA_part;
     dispatch_plan(prep.plan, [&]<int kItems>() {
-      const int64_t acc_values = direct ? 0 : int64_t(need_B + need_C) * N * kItems * 32;
+      const int64_t acc_values = (direct ? 0 : int64_t(need_B + need_C) * N * kItems * 32) + N * 32;
       // Fewer warps a block when their accumulators would not fit (N > 128 in f32).
       const int64_t warp_bytes = acc_values * int64_t(sizeof(W));
       const int64_t warps = std::clamp<int64_t>(kMaxBlockSharedBytes / std::max<int64_t>(warp_bytes, 1), 1,
                                                 kWarpsPerBlock);
       const size_t smem = size_t(warps * warp_bytes);
-      auto kernel = selective_scan_bwd_kernel<T, kItems>;
+      auto kernel = fast ? selective_scan_bwd_kernel<T, kItems, true> : selective_scan_bwd_kernel<T, kItems, false>;
       allow_shared_memory(kernel, smem);
       kernel<<<unsigned(ceil_div(main_warps, warps)), unsigned(32 * warps), smem, stream>>>(p);
       CUDA_CHECK_LAUNCH("selective_scan backward");

@@ -343,12 +343,12 @@ void allow_shared_memory(Kernel kernel, size_t bytes) {
 // Loads u and delta of steps [t0, t0 + kItems) of a row and forms Δ (bias, softplus); steps past
 // L get u = 0 and Δ = 0, so that their map is the identity (a = 1, b = 0) and they add nothing.
 template <int kItems, typename T>
-__device__ __forceinline__ void load_steps(const ScanInputs<T>& in, int64_t row, int64_t d, int64_t t0,
+__device__ __forceinline__ void load_steps(const ScanInputs<T>& in, bool vec, int64_t row, int64_t d, int64_t t0,
                                            math_t<T> (&u)[kItems], math_t<T> (&dt)[kItems],
                                            math_t<T> (&raw)[kItems]) {
   using W = math_t<T>;
-  load_items(in.u + row * in.L, t0, in.L, in.vec, u);
-  load_items(in.delta + row * in.L, t0, in.L, in.vec, raw);
+  load_items(in.u + row * in.L, t0, in.L, vec, u);
+  load_items(in.delta + row * in.L, t0, in.L, vec, raw);
   const W bias = in.bias ? in.bias[d] : W(0);
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {

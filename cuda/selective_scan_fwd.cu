@@ -22,9 +22,11 @@ struct FwdParams {
 // composes each lane's kFwdItems maps, scans the 32 composites with shuffles and applies the
 // prefix to the state carried from the previous pass. Lanes whose first step starts a chunk save
 // the state entering it. Dynamic shared memory: the carried state, N math values a warp.
-template <typename T>
+// kVec: whole-word loads and stores (see load_items), compiled without the per-step fallback.
+template <typename T, bool kVec>
 __global__ void __launch_bounds__(32 * kWarpsPerBlock, 4) selective_scan_fwd_kernel(FwdParams<T> p) {
   using W = math_t<T>;
+  const bool vec = kVec;
   constexpr int kItems = kFwdItems;
   constexpr int64_t kPass = 32 * kItems;
   extern __shared__ __align__(16) unsigned char fwd_smem[];
@@ -48,7 +50,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, 4) selective_scan_fwd_ker
     // A lane saves chunk states when its first step starts a chunk (chunk is a multiple of kItems).
     const bool saves = t0 < L && t0 % chunk == 0;
     W u[kItems], dt[kItems], raw[kItems], dtu[kItems], out[kItems];
-    load_steps<kItems>(in, row, d, t0, u, dt, raw);
+    load_steps<kItems>(in, vec, row, d, t0, u, dt, raw);
     W dt_sum = W(0);  // Π_i exp2(dt_i·A) = exp2(Σ_i dt_i·A): the composite's factor in one exponential
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
@@ -58,8 +60,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, 4) selective_scan_fwd_ker
       dt_sum += dt[i];
     }
     RawItems<kItems, T> B_next, C_next;  // state n + 1's, loaded while state n computes
-    load_raw(B_rows, t0, L, in.vec, B_next);
-    load_raw(C_rows, t0, L, in.vec, C_next);
+    load_raw(B_rows, t0, L, vec, B_next);
+    load_raw(C_rows, t0, L, vec, C_next);
     W A_next = A_row[0];
     for (int64_t n = 0; n < N; ++n) {
       const W A_n = A_next;
@@ -67,8 +69,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, 4) selective_scan_fwd_ker
       to_math(B_next, Bv);
       to_math(C_next, Cv);
       if (n + 1 < N) {
-        load_raw(B_rows + (n + 1) * L, t0, L, in.vec, B_next);
-        load_raw(C_rows + (n + 1) * L, t0, L, in.vec, C_next);
+        load_raw(B_rows + (n + 1) * L, t0, L, vec, B_next);
+        load_raw(C_rows + (n + 1) * L, t0, L, vec, C_next);
         A_next = A_row[n + 1];
       }
       W pa = exp2_m(dt_sum * A_n), pb = W(0);  // the lane's composite map over its steps
@@ -93,11 +95,11 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, 4) selective_scan_fwd_ker
     }
     if (in.z) {
       W zv[kItems];
-      load_items(in.z + row * L, t0, L, in.vec, zv);
+      load_items(in.z + row * L, t0, L, vec, zv);
 #pragma unroll
       for (int i = 0; i < kItems; ++i) out[i] *= zv[i] * sigmoid_m(zv[i]);
     }
-    store_items(p.y + row * L, t0, L, in.vec, out);
+    store_items(p.y + row * L, t0, L, vec, out);
     __syncwarp();  // lane 31's carries are visible to the next pass
   }
   for (int64_t n = lane; n < N; n += 32) p.final_state[row * N + n] = carry[n];
@@ -133,7 +135,7 @@ ScanForwardResult selective_scan_fwd(const Tensor& u, const Tensor& delta, const
     p.chunk_states = data_at<W>(r.chunk_states);
     const size_t smem = size_t(kWarpsPerBlock * N) * sizeof(W);
     const int64_t blocks = (rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    auto kernel = selective_scan_fwd_kernel<T>;
+    auto kernel = p.in.vec ? selective_scan_fwd_kernel<T, true> : selective_scan_fwd_kernel<T, false>;
     allow_shared_memory(kernel, smem);
     kernel<<<unsigned(blocks), 32 * kWarpsPerBlock, smem, current_stream()>>>(p);
     CUDA_CHECK_LAUNCH("selective_scan forward");
