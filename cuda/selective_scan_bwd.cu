@@ -234,7 +234,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
     W A_next = A_row[0], h_next = p.chunk_states[state_at], x_next = p.x_right ? p.x_right[state_at] : W(0);
     for (int64_t n = 0; n < N; ++n) {
       const W A_n = A_next, h_chunk = h_next, x_chunk = x_next;
-      W Bv[kItems], Cv[kItems], a[kItems], bx[kItems], h_prev[kItems], dsC[kItems];
+      W Bv[kItems], Cv[kItems], a[kItems], bx[kItems], h_prev[kItems + 1], dsC[kItems];
       to_math(B_next, Bv);
       to_math(C_next, Cv);
       if (n + 1 < N) {
@@ -269,23 +269,21 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
       for (int i = kItems - 1; i >= 0; --i) qb = a[i] * (qb + dsC[i]);
       warp_prefix(pa, pb);  // the two scans are independent: their shuffles overlap
       warp_suffix(qa, qb);
-      W h = pa * h_chunk + pb;
+      h_prev[0] = pa * h_chunk + pb;  // h_prev[i]: the state before step i; h_prev[kItems]: after
 #pragma unroll
-      for (int i = 0; i < kItems; ++i) {
-        h_prev[i] = h;
-        h = a[i] * h + bx[i];
-      }
+      for (int i = 0; i < kItems; ++i) h_prev[i + 1] = a[i] * h_prev[i] + bx[i];
       W x = qa * x_chunk + qb;
       W dA_sum = W(0), dBv[kItems], dCv[kItems];
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) {
         const W grad_h = x + dsC[i];  // d loss / d h_t
-        const W h_t = a[i] * h_prev[i] + bx[i];
+        const W h_t = h_prev[i + 1];
         pre[i] += Cv[i] * h_t;
         const W grad_exponent = grad_h * a[i] * h_prev[i];  // d loss / d (Δ_t·A[n])
-        ddt[i] += grad_exponent * A_n + grad_h * Bv[i] * u[i];
+        const W grad_hB = grad_h * Bv[i];
+        ddt[i] += grad_exponent * A_n + grad_hB * u[i];
         dA_sum += grad_exponent * dt[i];
-        du[i] += grad_h * dt[i] * Bv[i];
+        du[i] += grad_hB * dt[i];
         dBv[i] = grad_h * dtu[i];
         dCv[i] = ds[i] * h_t;
         x = a[i] * grad_h;  // on to h_{t-1}
