@@ -34,10 +34,16 @@ if [ "${SKIP_MEMCHECK:-0}" != 1 ] && command -v compute-sanitizer >/dev/null; th
   step memcheck memcheck.log compute-sanitizer --tool memcheck --error-exitcode 1 \
     "$build_dir/bin/scanline_cuda_tests" --test-case-exclude='*large*,*out of memory*' --no-intro=true
 fi
+# racecheck (shared-memory hazards) over the scan kernels' tests, minus the multi-GiB memory case.
+if [ "${SKIP_MEMCHECK:-0}" != 1 ] && command -v compute-sanitizer >/dev/null; then
+  step racecheck racecheck.log compute-sanitizer --tool racecheck --error-exitcode 1 \
+    "$build_dir/bin/scanline_cuda_tests" --source-file='*selective_scan*,*scan_unfused*' \
+    --test-case-exclude='*peak memory*' --no-intro=true
+fi
 step cpu-tests cpu-tests.log ctest --test-dir "$build_dir" -L cpu --output-on-failure -j 8
 step bench-ops bench-ops.log "$build_dir/bin/scanline" bench ops
 step bench-scan bench-scan.log "$build_dir/bin/scanline" bench scan
 grep -h -E "tests passed|tests failed" "$out"/*tests.log >>"$summary" 2>/dev/null
 grep -h -A40 "^### " "$out/bench-ops.log" >>"$summary" 2>/dev/null
-grep -h -A12 "^| (batch" "$out/bench-scan.log" >>"$summary" 2>/dev/null
+grep -h -A9 "^### " "$out/bench-scan.log" >>"$summary" 2>/dev/null
 cat "$summary"

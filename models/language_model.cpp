@@ -1,0 +1,126 @@
+#include "models/language_model.h"
+
+#include <cmath>
+#include <sstream>
+
+#include "autograd/grad_mode.h"
+#include "ops/ops.h"
+
+namespace scanline {
+
+void LanguageModelConfig::validate() const {
+  SCANLINE_CHECK(vocab_size >= 1, "LanguageModel: vocab_size must be >= 1 but is ", vocab_size);
+  SCANLINE_CHECK(pad_vocab_multiple >= 1, "LanguageModel: pad_vocab_multiple must be >= 1 but is ", pad_vocab_multiple);
+  SCANLINE_CHECK(!pattern.empty(), "LanguageModel: the layer pattern is empty");
+  for (size_t i = 0; i < pattern.size(); ++i)
+    SCANLINE_CHECK(pattern[i] == 'M', "LanguageModel: layer ", i, " of pattern \"", pattern, "\" is '", pattern[i],
+                   "'; this build has SSM blocks ('M') only (attention '*' and MLP '-' arrive with issue 7)");
+  SCANLINE_CHECK(norm_eps > 0, "LanguageModel: norm_eps must be > 0 but is ", norm_eps);
+  mamba.validate();
+}
+
+namespace {
+const LanguageModelConfig& validated(const LanguageModelConfig& config) {
+  config.validate();
+  return config;
+}
+}  // namespace
+
+MambaBlock::MambaBlock(const LanguageModelConfig& config, Generator& gen, TensorOptions options)
+    : norm(config.d_model(), config.norm_eps, options), mixer(config.mamba, gen, options) {
+  register_module("norm", norm);
+  register_module("mixer", mixer);
+}
+
+LanguageModel::LanguageModel(const LanguageModelConfig& config, Generator& gen, TensorOptions options)
+    : embedding(validated(config).padded_vocab(), config.d_model(), gen, options),
+      norm_f(config.d_model(), config.norm_eps, options),
+      config_(config) {
+  register_module("embedding", embedding);
+  const int64_t n_layers = int64_t(config.pattern.size());
+  for (int64_t i = 0; i < n_layers; ++i) {
+    layers.push_back(std::make_unique<MambaBlock>(config, gen, options));
+    register_module("layers." + std::to_string(i), *layers.back());
+  }
+  register_module("norm_f", norm_f);
+  if (!config.tie_embeddings) {
+    lm_head = std::make_unique<Linear>(config.d_model(), config.padded_vocab(), false, gen, options);
+    register_module("lm_head", *lm_head);
+  }
+  // Prenorm residual rescaling (GPT-2, mamba_ssm): each block's output projection adds to the
+  // residual stream, so its initial scale shrinks with depth.
+  NoGradGuard no_grad;
+  const double scale = 1.0 / std::sqrt(double(n_layers));
+  for (auto& block : layers) {
+    Tensor& w = block->mixer.out_proj.weight;
+    copy_into(w, mul(w, scale));
+  }
+}
+
+Tensor LanguageModel::head(const Tensor& hidden) const {
+  const Tensor& w = lm_head ? lm_head->weight : embedding.weight;
+  return linear(hidden, to_dtype(w, hidden.dtype()));
+}
+
+Tensor LanguageModel::forward(const Tensor& tokens, DType compute, LanguageModelState* state) const {
+  SCANLINE_CHECK(tokens.defined() && tokens.dim() == 2, "LanguageModel: expected tokens of shape (batch, L) but found ",
+                 tokens.defined() ? describe(tokens) : "an undefined tensor");
+  if (state) {
+    if (state->layers.empty()) state->layers.resize(layers.size());
+    SCANLINE_CHECK(state->layers.size() == layers.size(), "LanguageModel: the state has ", state->layers.size(),
+                   " layers but the model has ", layers.size());
+  }
+  const bool fp32_residual = compute != DType::f64;
+  Tensor hidden = to_dtype(embedding.forward(tokens), compute), residual;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    auto [normed, new_residual] = layers[i]->norm.forward_residual(hidden, residual, fp32_residual);
+    residual = new_residual;
+    hidden = layers[i]->mixer.forward(normed, state ? &state->layers[i] : nullptr);
+  }
+  auto [normed, unused] = norm_f.forward_residual(hidden, residual, fp32_residual);
+  (void)unused;
+  return head(normed);
+}
+
+Tensor LanguageModel::step(const Tensor& tokens, LanguageModelState& state, DType compute) const {
+  NoGradGuard no_grad;
+  SCANLINE_CHECK(tokens.defined() && tokens.dim() == 1, "LanguageModel::step: expected tokens of shape (batch) but found ",
+                 tokens.defined() ? describe(tokens) : "an undefined tensor");
+  if (state.layers.empty()) state.layers.resize(layers.size());
+  SCANLINE_CHECK(state.layers.size() == layers.size(), "LanguageModel::step: the state has ", state.layers.size(),
+                 " layers but the model has ", layers.size());
+  const bool fp32_residual = compute != DType::f64;
+  Tensor hidden = to_dtype(embedding.forward(tokens), compute), residual;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    auto [normed, new_residual] = layers[i]->norm.forward_residual(hidden, residual, fp32_residual);
+    residual = new_residual;
+    hidden = layers[i]->mixer.step(normed, state.layers[i]);
+  }
+  auto [normed, unused] = norm_f.forward_residual(hidden, residual, fp32_residual);
+  (void)unused;
+  return head(normed);
+}
+
+LanguageModelState LanguageModel::initial_state(int64_t batch, DType compute) const {
+  LanguageModelState state;
+  for (const auto& block : layers) state.layers.push_back(block->mixer.initial_state(batch, compute));
+  return state;
+}
+
+std::string LanguageModel::summary() const {
+  std::ostringstream s;
+  const LanguageModelConfig& c = config_;
+  s << "LanguageModel: " << parameter_count() << " parameters, d_model " << c.d_model() << ", " << layers.size()
+    << " blocks \"" << c.pattern << "\", vocab " << c.vocab_size << " (padded to " << c.padded_vocab() << "), "
+    << (c.tie_embeddings ? "tied" : "untied") << " head\n";
+  s << "  embedding      " << embedding.parameter_count() << "\n";
+  for (size_t i = 0; i < layers.size(); ++i)
+    s << "  layers." << i << (i < 10 ? "       " : "      ") << "M (mamba1, d_inner " << c.mamba.d_inner()
+      << ", d_state " << c.mamba.d_state << (c.mamba.selective ? "" : ", LTI") << ") " << layers[i]->parameter_count()
+      << "\n";
+  s << "  norm_f         " << norm_f.parameter_count();
+  if (lm_head) s << "\n  lm_head        " << lm_head->parameter_count();
+  return s.str();
+}
+
+}  // namespace scanline

@@ -1,0 +1,85 @@
+#pragma once
+// LanguageModel: token embedding, a stack of pre-norm residual blocks, a final RMSNorm and an LM
+// head tied to the embedding (mamba_ssm's MambaLMHeadModel). The layer pattern uses Megatron-LM's
+// symbols, one per block: `M` an SSM mixer block (Mamba-1 here; `model.ssm: mamba2` arrives with
+// the Mamba-2 mixer), `*` attention and `-` MLP arrive with issue 7 and are refused until then.
+//
+// Block i: residual = hidden + residual;  hidden = mixer(norm(residual)), with the add and the
+// norm fused (rms_norm_residual) and the residual stream kept in f32 (DESIGN.md "Precision").
+// After the last block: logits = head(norm_f(hidden + residual)).
+//
+// Initialization as published (mamba_ssm `_init_weights`): embedding N(0, 0.02); every mixer's
+// out_proj.weight divided by sqrt(n_layers) (the prenorm residual rescaling); the rest as the
+// modules define. The vocabulary is padded to a multiple of `pad_vocab_multiple` for tensor
+// cores; logits have padded_vocab() columns and the padding columns never appear as targets.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "models/embedding.h"
+#include "models/linear.h"
+#include "models/mamba_mixer.h"
+#include "models/module.h"
+#include "models/rms_norm.h"
+
+namespace scanline {
+
+struct LanguageModelConfig {
+  int64_t vocab_size = 256;
+  std::string pattern = "MM";  // one symbol a block
+  MambaConfig mamba;           // mamba.d_model is the model width
+  bool tie_embeddings = true;
+  double norm_eps = 1e-5;
+  int64_t pad_vocab_multiple = 16;
+
+  int64_t d_model() const { return mamba.d_model; }
+  int64_t padded_vocab() const { return (vocab_size + pad_vocab_multiple - 1) / pad_vocab_multiple * pad_vocab_multiple; }
+  // Throws an Error naming the first impossible value.
+  void validate() const;
+};
+
+// One `M` block: pre-norm, then the mixer.
+class MambaBlock : public Module {
+ public:
+  MambaBlock(const LanguageModelConfig& config, Generator& gen, TensorOptions options);
+  RMSNorm norm;
+  MambaMixer mixer;
+};
+
+// The recurrent state of a whole model for `batch` sequences: one MambaState a block.
+struct LanguageModelState {
+  std::vector<MambaState> layers;
+};
+
+class LanguageModel : public Module {
+ public:
+  // Parameters in options' dtype and device (f32 for training: DESIGN.md keeps parameters f32).
+  LanguageModel(const LanguageModelConfig& config, Generator& gen, TensorOptions options = {});
+
+  // tokens (batch, L) i64/i32 -> logits (batch, L, padded_vocab) in `compute` dtype (the
+  // activations' dtype: f32, bf16, or f64 for references). With a state, the blocks continue
+  // from it and leave their final states in it (a prefill).
+  Tensor forward(const Tensor& tokens, DType compute = DType::f32, LanguageModelState* state = nullptr) const;
+
+  // One token a sequence: tokens (batch) -> logits (batch, padded_vocab), the state updated in
+  // place. Inference only.
+  Tensor step(const Tensor& tokens, LanguageModelState& state, DType compute = DType::f32) const;
+
+  // A fresh (zero) state for `batch` sequences.
+  LanguageModelState initial_state(int64_t batch, DType compute = DType::f32) const;
+
+  const LanguageModelConfig& config() const { return config_; }
+  // The parameter count and one line a block, for the start of a run.
+  std::string summary() const;
+
+  Embedding embedding;
+  std::vector<std::unique_ptr<MambaBlock>> layers;
+  RMSNorm norm_f;
+  std::unique_ptr<Linear> lm_head;  // only when the head is not tied
+
+ private:
+  Tensor head(const Tensor& hidden) const;
+  LanguageModelConfig config_;
+};
+
+}  // namespace scanline
