@@ -9,6 +9,7 @@
 namespace scanline::cli {
 int demo_mlp(int argc, char** argv);
 int bench(int argc, char** argv);
+int prepare(int argc, char** argv);
 }
 
 namespace {
@@ -23,10 +24,12 @@ void print_help() {
       "  demo-mlp [--steps N] [--seed S]   train a 2-layer MLP on a synthetic regression (CPU)\n"
       "  bench ops [--quick]               GPU op bandwidth vs a device copy, matmul TFLOP/s, allocator\n"
       "  bench scan [--quick]              selective scan kernels vs a copy and the mamba_ssm kernel\n"
+      "  prepare --input FILES... --out X.h5 [--val-fraction F]\n"
+      "                                    text files -> a byte-token dataset (HDF5)\n"
       "  --version                         print the version and build configuration\n"
       "  --help                            this text\n"
       "\n"
-      "train, eval, generate, prepare and launch arrive with their issues (docs/DESIGN.md).\n",
+      "train, eval, generate and launch arrive with their issues (docs/DESIGN.md).\n",
       SCANLINE_VERSION);
 }
 
@@ -49,6 +52,7 @@ int main(int argc, char** argv) {
   try {
     if (command == "demo-mlp") return scanline::cli::demo_mlp(argc - 1, argv + 1);
     if (command == "bench") return scanline::cli::bench(argc - 1, argv + 1);
+    if (command == "prepare") return scanline::cli::prepare(argc - 1, argv + 1);
   } catch (const scanline::Error& e) {
     std::fprintf(stderr, "scanline %s: error: %s\n", command.c_str(), e.what());
     return 1;
