@@ -9,20 +9,12 @@
 namespace scanline {
 
 ScheduleKind schedule_kind_from_name(const std::string& name) {
-  if (name == "cosine") return ScheduleKind::cosine;
-  if (name == "linear") return ScheduleKind::linear;
-  if (name == "constant") return ScheduleKind::constant;
+  ScheduleKind kind{};
+  if (enum_from_string(name, kind)) return kind;
   SCANLINE_FAIL("unknown learning-rate schedule '", name, "': expected cosine, linear or constant");
 }
 
-const char* schedule_kind_name(ScheduleKind kind) {
-  switch (kind) {
-    case ScheduleKind::cosine: return "cosine";
-    case ScheduleKind::linear: return "linear";
-    case ScheduleKind::constant: return "constant";
-  }
-  return "?";
-}
+const char* schedule_kind_name(ScheduleKind kind) { return to_string(kind); }
 
 LrSchedule::LrSchedule(LrScheduleOptions options) : options_(options) {
   const LrScheduleOptions& o = options_;

@@ -5,11 +5,12 @@
 #include <cstdint>
 #include <string>
 
+#include "trainer/run_config.h"  // ScheduleKind: one enum for the YAML schema and the schedule
+
 namespace scanline {
 
-enum class ScheduleKind { cosine, linear, constant };
-
-// "cosine", "linear", "constant"; anything else is an Error listing the valid names.
+// "cosine", "linear", "constant" (run_config's spellings); anything else is an Error listing the
+// valid names.
 ScheduleKind schedule_kind_from_name(const std::string& name);
 const char* schedule_kind_name(ScheduleKind kind);
 

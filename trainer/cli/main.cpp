@@ -5,11 +5,14 @@
 #include <string>
 
 #include "core/error.h"
+#include "trainer/run_config.h"
+#include "trainer/trainer.h"
 
 namespace scanline::cli {
 int demo_mlp(int argc, char** argv);
 int bench(int argc, char** argv);
 int prepare(int argc, char** argv);
+int train(int argc, char** argv);
 }
 
 namespace {
@@ -21,6 +24,8 @@ void print_help() {
       "usage: scanline <command> [options]\n"
       "\n"
       "commands:\n"
+      "  train CONFIG.yaml [--resume auto|PATH] [--set key=value ...]\n"
+      "                                    train a model as the YAML config says (configs/default.yaml)\n"
       "  demo-mlp [--steps N] [--seed S]   train a 2-layer MLP on a synthetic regression (CPU)\n"
       "  bench ops [--quick]               GPU op bandwidth vs a device copy, matmul TFLOP/s, allocator\n"
       "  bench scan [--quick]              selective scan kernels vs a copy and the mamba_ssm kernel\n"
@@ -29,7 +34,10 @@ void print_help() {
       "  --version                         print the version and build configuration\n"
       "  --help                            this text\n"
       "\n"
-      "train, eval, generate and launch arrive with their issues (docs/DESIGN.md).\n",
+      "eval, generate and launch arrive with their issues (docs/DESIGN.md).\n"
+      "\n"
+      "exit codes: 0 success, 1 error, 2 invalid command line or config, 3 training stopped on a\n"
+      "non-finite loss or gradient (train.on_nonfinite: stop), 4 internal error\n",
       SCANLINE_VERSION);
 }
 
@@ -53,12 +61,21 @@ int main(int argc, char** argv) {
     if (command == "demo-mlp") return scanline::cli::demo_mlp(argc - 1, argv + 1);
     if (command == "bench") return scanline::cli::bench(argc - 1, argv + 1);
     if (command == "prepare") return scanline::cli::prepare(argc - 1, argv + 1);
+    if (command == "train") return scanline::cli::train(argc - 1, argv + 1);
+  } catch (const scanline::ConfigError& e) {
+    // One `file:line: key: message` line per problem.
+    std::fprintf(stderr, "scanline %s: invalid config:\n", command.c_str());
+    for (const std::string& problem : e.problems()) std::fprintf(stderr, "%s\n", problem.c_str());
+    return 2;
+  } catch (const scanline::NonfiniteError& e) {
+    std::fprintf(stderr, "scanline %s: error: %s\n", command.c_str(), e.what());
+    return 3;
   } catch (const scanline::Error& e) {
     std::fprintf(stderr, "scanline %s: error: %s\n", command.c_str(), e.what());
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "scanline %s: internal error: %s\n", command.c_str(), e.what());
-    return 3;
+    return 4;
   }
   std::fprintf(stderr, "scanline: unknown command '%s' (see scanline --help)\n", command.c_str());
   return 2;
