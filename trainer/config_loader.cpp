@@ -309,7 +309,8 @@ class Loader {
         problems.push_back(where + ": section names must be plain words, got " + describe(it->first));
         continue;
       }
-      const std::string& name = it->first.Scalar();
+      // Copies: yaml-cpp's iterator hands out a temporary pair, so references into it dangle.
+      const std::string name = it->first.Scalar();
       if (seen.count(name)) {
         problem(where, name, "duplicate section (first at " + seen[name] + ")");
         continue;
@@ -321,7 +322,7 @@ class Loader {
         continue;
       }
       cfg.locations[name] = where;
-      const YAML::Node& body = it->second;
+      const YAML::Node body = it->second;
       if (body.IsNull()) continue;
       if (!body.IsMap()) {
         problem(where, name, "expected a mapping of keys, got " + describe(body));
@@ -418,7 +419,7 @@ class Loader {
         problem(where, section, "keys must be plain names, got " + describe(it->first));
         continue;
       }
-      const std::string& key = it->first.Scalar();
+      const std::string key = it->first.Scalar();  // a copy: the iterator's pair is a temporary
       std::string path = section + "." + key;
       if (seen.count(key)) {
         problem(where, path, "duplicate key (first at " + seen[key] + ")");
