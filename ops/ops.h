@@ -12,4 +12,5 @@
 #include "ops/selective_scan.h"
 #include "ops/selective_scan_step.h"
 #include "ops/softmax.h"
+#include "ops/ssd.h"
 #include "ops/views.h"
