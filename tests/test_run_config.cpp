@@ -191,7 +191,7 @@ TEST_CASE("configs/default.yaml is a small CPU-friendly selective copying run") 
   CHECK(c.data.task_options.get_int("n_colors", 0) == 8);
   CHECK(c.data.task_options.get_int("n_memorize", 0) >= 4);
   CHECK(c.train.precision == Precision::fp32);
-  CHECK(c.train.batch_size == 32);
+  CHECK(c.train.batch_size == 64);
   CHECK(c.optim.lr == 3e-3);
   CHECK(c.schedule.kind == ScheduleKind::cosine);
   CHECK(c.schedule.warmup_steps > 0);

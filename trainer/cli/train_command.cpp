@@ -1,0 +1,71 @@
+// `scanline train CONFIG.yaml [--resume auto|PATH] [--set key=value ...]`: loads and validates the
+// config, then runs the Trainer. Exit codes (trainer/cli/main.cpp): 0 done, 1 error, 2 bad config,
+// 3 stopped on a non-finite loss or gradient (train.on_nonfinite: stop).
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "trainer/config_loader.h"
+#include "trainer/trainer.h"
+
+namespace scanline::cli {
+
+namespace {
+void print_usage() {
+  std::printf(
+      "usage: scanline train CONFIG.yaml [--resume auto|PATH] [--set section.key=value ...]\n"
+      "\n"
+      "  --resume auto    continue from the newest valid checkpoint of train.run_dir (a fresh start\n"
+      "                   when there is none); corrupt or truncated ones are skipped with a warning\n"
+      "  --resume PATH    continue from that checkpoint (model and data sections must match)\n"
+      "  --set K=V        override a config key, e.g. --set train.steps=100 --set optim.lr=1e-3\n"
+      "\n"
+      "exit codes: 0 done, 1 error, 2 invalid config, 3 stopped on a non-finite loss or gradient\n");
+}
+}  // namespace
+
+int train(int argc, char** argv) {
+  std::string config_path;
+  TrainerOptions options;
+  std::vector<std::string> overrides;
+  auto usage_error = [](const std::string& message) {
+    std::fprintf(stderr, "scanline train: %s (see scanline train --help)\n", message.c_str());
+    return 2;
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      print_usage();
+      return 0;
+    }
+    if (arg == "--resume" || arg == "--set") {
+      if (i + 1 >= argc || argv[i + 1][0] == '\0') return usage_error(arg + " expects a value");
+      (arg == "--resume" ? options.resume : overrides.emplace_back()) = argv[++i];
+    } else if (arg.starts_with("--resume=")) {
+      options.resume = arg.substr(9);
+      if (options.resume.empty()) return usage_error("--resume expects auto or a path");
+    } else if (arg.starts_with("--set=")) {
+      overrides.push_back(arg.substr(6));
+    } else if (arg.starts_with("-")) {
+      return usage_error("unknown option '" + arg + "' (expected --resume or --set)");
+    } else if (!config_path.empty()) {
+      return usage_error("one config file expected, got '" + config_path + "' and '" + arg + "'");
+    } else {
+      config_path = arg;
+    }
+  }
+  if (config_path.empty()) {
+    print_usage();
+    return 2;
+  }
+  spdlog::set_pattern("[%T] %^%v%$");  // warnings say "warning:" themselves
+  RunConfig config = load_run_config(config_path, overrides);  // ConfigError: exit code 2
+  Trainer trainer(std::move(config), options);
+  trainer.run();
+  return 0;
+}
+
+}  // namespace scanline::cli
