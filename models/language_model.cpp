@@ -8,6 +8,12 @@
 
 namespace scanline {
 
+Mamba2Config LanguageModelConfig::resolved_mamba2() const {
+  Mamba2Config c = mamba2;
+  c.d_model = d_model();
+  return c;
+}
+
 void LanguageModelConfig::validate() const {
   SCANLINE_CHECK(vocab_size >= 1, "LanguageModel: vocab_size must be >= 1 but is ", vocab_size);
   SCANLINE_CHECK(pad_vocab_multiple >= 1, "LanguageModel: pad_vocab_multiple must be >= 1 but is ", pad_vocab_multiple);
@@ -16,7 +22,17 @@ void LanguageModelConfig::validate() const {
     SCANLINE_CHECK(pattern[i] == 'M', "LanguageModel: layer ", i, " of pattern \"", pattern, "\" is '", pattern[i],
                    "'; this build has SSM blocks ('M') only (attention '*' and MLP '-' arrive with issue 7)");
   SCANLINE_CHECK(norm_eps > 0, "LanguageModel: norm_eps must be > 0 but is ", norm_eps);
-  mamba.validate();
+  SCANLINE_CHECK(ssm == "mamba1" || ssm == "mamba2", "LanguageModel: ssm must be \"mamba1\" or \"mamba2\" but is \"",
+                 ssm, "\"");
+  if (!is_mamba2()) {
+    mamba.validate();
+    return;
+  }
+  // One width for the whole model: mamba.d_model, which mamba2 takes unless it names the same one.
+  SCANLINE_CHECK(mamba2.d_model == 0 || mamba2.d_model == mamba.d_model, "LanguageModel: mamba2.d_model = ",
+                 mamba2.d_model, " differs from the model width mamba.d_model = ", mamba.d_model,
+                 " (leave mamba2.d_model at 0)");
+  resolved_mamba2().validate();
 }
 
 namespace {
@@ -27,10 +43,36 @@ const LanguageModelConfig& validated(const LanguageModelConfig& config) {
 }  // namespace
 
 MambaBlock::MambaBlock(const LanguageModelConfig& config, Generator& gen, TensorOptions options)
-    : norm(config.d_model(), config.norm_eps, options), mixer(config.mamba, gen, options) {
+    : norm(config.d_model(), config.norm_eps, options) {
   register_module("norm", norm);
-  register_module("mixer", mixer);
+  if (config.is_mamba2()) {
+    mamba2 = std::make_unique<Mamba2Mixer>(config.resolved_mamba2(), gen, options);
+    register_module("mixer", *mamba2);
+  } else {
+    mamba1 = std::make_unique<MambaMixer>(config.mamba, gen, options);
+    register_module("mixer", *mamba1);
+  }
 }
+
+Tensor MambaBlock::mix(const Tensor& x, BlockState* state) const {
+  if (mamba2) return mamba2->forward(x, state ? &state->mamba2 : nullptr);
+  return mamba1->forward(x, state ? &state->mamba : nullptr);
+}
+
+Tensor MambaBlock::mix_step(const Tensor& x, BlockState& state) const {
+  return mamba2 ? mamba2->step(x, state.mamba2) : mamba1->step(x, state.mamba);
+}
+
+BlockState MambaBlock::initial_state(int64_t batch, DType dtype) const {
+  BlockState state;
+  if (mamba2)
+    state.mamba2 = mamba2->initial_state(batch, dtype);
+  else
+    state.mamba = mamba1->initial_state(batch, dtype);
+  return state;
+}
+
+Linear& MambaBlock::out_proj() { return mamba2 ? mamba2->out_proj : mamba1->out_proj; }
 
 LanguageModel::LanguageModel(const LanguageModelConfig& config, Generator& gen, TensorOptions options)
     : embedding(validated(config).padded_vocab(), config.d_model(), gen, options),
@@ -52,7 +94,7 @@ LanguageModel::LanguageModel(const LanguageModelConfig& config, Generator& gen, 
   NoGradGuard no_grad;
   const double scale = 1.0 / std::sqrt(double(n_layers));
   for (auto& block : layers) {
-    Tensor& w = block->mixer.out_proj.weight;
+    Tensor& w = block->out_proj().weight;
     copy_into(w, mul(w, scale));
   }
 }
@@ -75,7 +117,7 @@ Tensor LanguageModel::forward(const Tensor& tokens, DType compute, LanguageModel
   for (size_t i = 0; i < layers.size(); ++i) {
     auto [normed, new_residual] = layers[i]->norm.forward_residual(hidden, residual, fp32_residual);
     residual = new_residual;
-    hidden = layers[i]->mixer.forward(normed, state ? &state->layers[i] : nullptr);
+    hidden = layers[i]->mix(normed, state ? &state->layers[i] : nullptr);
   }
   auto [normed, unused] = norm_f.forward_residual(hidden, residual, fp32_residual);
   (void)unused;
@@ -94,7 +136,7 @@ Tensor LanguageModel::step(const Tensor& tokens, LanguageModelState& state, DTyp
   for (size_t i = 0; i < layers.size(); ++i) {
     auto [normed, new_residual] = layers[i]->norm.forward_residual(hidden, residual, fp32_residual);
     residual = new_residual;
-    hidden = layers[i]->mixer.step(normed, state.layers[i]);
+    hidden = layers[i]->mix_step(normed, state.layers[i]);
   }
   auto [normed, unused] = norm_f.forward_residual(hidden, residual, fp32_residual);
   (void)unused;
@@ -103,7 +145,7 @@ Tensor LanguageModel::step(const Tensor& tokens, LanguageModelState& state, DTyp
 
 LanguageModelState LanguageModel::initial_state(int64_t batch, DType compute) const {
   LanguageModelState state;
-  for (const auto& block : layers) state.layers.push_back(block->mixer.initial_state(batch, compute));
+  for (const auto& block : layers) state.layers.push_back(block->initial_state(batch, compute));
   return state;
 }
 
@@ -114,10 +156,18 @@ std::string LanguageModel::summary() const {
     << " blocks \"" << c.pattern << "\", vocab " << c.vocab_size << " (padded to " << c.padded_vocab() << "), "
     << (c.tie_embeddings ? "tied" : "untied") << " head\n";
   s << "  embedding      " << embedding.parameter_count() << "\n";
+  std::ostringstream mixer;
+  if (c.is_mamba2()) {
+    const Mamba2Config m = c.resolved_mamba2();
+    mixer << "mamba2, d_inner " << m.d_inner() << ", " << m.nheads() << " heads of " << m.headdim << ", d_state "
+          << m.d_state << ", ngroups " << m.ngroups;
+  } else {
+    mixer << "mamba1, d_inner " << c.mamba.d_inner() << ", d_state " << c.mamba.d_state
+          << (c.mamba.selective ? "" : ", LTI");
+  }
   for (size_t i = 0; i < layers.size(); ++i)
-    s << "  layers." << i << (i < 10 ? "       " : "      ") << "M (mamba1, d_inner " << c.mamba.d_inner()
-      << ", d_state " << c.mamba.d_state << (c.mamba.selective ? "" : ", LTI") << ") " << layers[i]->parameter_count()
-      << "\n";
+    s << "  layers." << i << (i < 10 ? "       " : "      ") << "M (" << mixer.str() << ") "
+      << layers[i]->parameter_count() << "\n";
   s << "  norm_f         " << norm_f.parameter_count();
   if (lm_head) s << "\n  lm_head        " << lm_head->parameter_count();
   return s.str();

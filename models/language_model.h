@@ -1,8 +1,8 @@
 #pragma once
 // LanguageModel: token embedding, a stack of pre-norm residual blocks, a final RMSNorm and an LM
 // head tied to the embedding (mamba_ssm's MambaLMHeadModel). The layer pattern uses Megatron-LM's
-// symbols, one per block: `M` an SSM mixer block (Mamba-1 here; `model.ssm: mamba2` arrives with
-// the Mamba-2 mixer), `*` attention and `-` MLP arrive with issue 7 and are refused until then.
+// symbols, one per block: `M` an SSM mixer block (the Mamba-1 mixer, or the Mamba-2 mixer with
+// `ssm = "mamba2"`); `*` attention and `-` MLP arrive with issue 7 and are refused until then.
 //
 // Block i: residual = hidden + residual;  hidden = mixer(norm(residual)), with the add and the
 // norm fused (rms_norm_residual) and the residual stream kept in f32 (DESIGN.md "Precision").
@@ -18,6 +18,7 @@
 
 #include "models/embedding.h"
 #include "models/linear.h"
+#include "models/mamba2_mixer.h"
 #include "models/mamba_mixer.h"
 #include "models/module.h"
 #include "models/rms_norm.h"
@@ -27,28 +28,48 @@ namespace scanline {
 struct LanguageModelConfig {
   int64_t vocab_size = 256;
   std::string pattern = "MM";  // one symbol a block
-  MambaConfig mamba;           // mamba.d_model is the model width
+  std::string ssm = "mamba1";  // the mixer of the `M` blocks: "mamba1" (MambaMixer) or "mamba2" (Mamba2Mixer)
+  MambaConfig mamba;           // mamba.d_model is the model width, whichever the mixer; the rest is for mamba1
+  Mamba2Config mamba2;         // the mamba2 mixer; its d_model is left 0 (it takes mamba.d_model) or equals it
   bool tie_embeddings = true;
   double norm_eps = 1e-5;
   int64_t pad_vocab_multiple = 16;
 
   int64_t d_model() const { return mamba.d_model; }
+  bool is_mamba2() const { return ssm == "mamba2"; }
+  // mamba2 with d_model set to the model width: what a mamba2 block is built from.
+  Mamba2Config resolved_mamba2() const;
   int64_t padded_vocab() const { return (vocab_size + pad_vocab_multiple - 1) / pad_vocab_multiple * pad_vocab_multiple; }
   // Throws an Error naming the first impossible value.
   void validate() const;
 };
 
-// One `M` block: pre-norm, then the mixer.
+// The recurrent state of one `M` block: its mixer's state (the other member stays empty).
+struct BlockState {
+  MambaState mamba;    // ssm "mamba1"
+  Mamba2State mamba2;  // ssm "mamba2"
+};
+
+// One `M` block: pre-norm, then the configured mixer. Exactly one of mamba1 / mamba2 is set;
+// either registers as "mixer", so parameter names are mamba_ssm's (layers.3.mixer.in_proj.weight).
 class MambaBlock : public Module {
  public:
   MambaBlock(const LanguageModelConfig& config, Generator& gen, TensorOptions options);
+
+  // The mixer on normalized x: forward(x, state*) and step(x, state) of the mixer held.
+  Tensor mix(const Tensor& x, BlockState* state) const;
+  Tensor mix_step(const Tensor& x, BlockState& state) const;
+  BlockState initial_state(int64_t batch, DType dtype) const;
+  Linear& out_proj();  // the mixer's output projection (the init rescaling)
+
   RMSNorm norm;
-  MambaMixer mixer;
+  std::unique_ptr<MambaMixer> mamba1;
+  std::unique_ptr<Mamba2Mixer> mamba2;
 };
 
-// The recurrent state of a whole model for `batch` sequences: one MambaState a block.
+// The recurrent state of a whole model for `batch` sequences: one BlockState a block.
 struct LanguageModelState {
-  std::vector<MambaState> layers;
+  std::vector<BlockState> layers;
 };
 
 class LanguageModel : public Module {

@@ -13,4 +13,5 @@
 #include "ops/selective_scan_step.h"
 #include "ops/softmax.h"
 #include "ops/ssd.h"
+#include "ops/ssd_step.h"
 #include "ops/views.h"
