@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages scanline builds with, only those missing. The CUDA toolkit is not
 # installed here: when nvcc exists the CUDA backend is compiled, otherwise the build is CPU-only.
+# Nor is python3-matplotlib: it is only for tools/plot.py (optional; its test skips without it).
 set -euo pipefail
 packages=(cmake ninja-build g++ pkg-config ccache libhdf5-dev libspdlog-dev libyaml-cpp-dev doctest-dev libopenblas-dev)
 missing=()
