@@ -72,6 +72,9 @@ TEST_CASE("run config defaults are the documented schema") {
   CHECK(c.model.dt_rank == 0);
   CHECK(c.model.resolved_dt_rank() == 4);
   CHECK(c.model.selective);
+  CHECK(c.model.headdim == 64);
+  CHECK(c.model.ngroups == 1);
+  CHECK(c.model.chunk_size == 256);
   CHECK(c.model.tie_embeddings);
   CHECK(c.model.norm_eps == 1e-5);
   CHECK(c.data.task.empty());
@@ -119,6 +122,7 @@ TEST_CASE("a full valid file sets every key") {
                                 "model:\n"
                                 "  ssm: mamba2\n  d_model: 96\n  n_layers: 3\n  pattern: M*M-\n  vocab_size: 50\n"
                                 "  d_state: 8\n  d_conv: 3\n  expand: 3\n  dt_rank: 5\n  selective: false\n"
+                                "  headdim: 32\n  ngroups: 3\n  chunk_size: 64\n"
                                 "  tie_embeddings: no\n  norm_eps: 1.0e-6\n"
                                 "data:\n"
                                 "  task: phonebook\n  dataset: \"\"\n  seq_len: 128\n  val_fraction: 0.05\n"
@@ -146,6 +150,9 @@ TEST_CASE("a full valid file sets every key") {
   CHECK(c.model.dt_rank == 5);
   CHECK(c.model.resolved_dt_rank() == 5);
   CHECK_FALSE(c.model.selective);
+  CHECK(c.model.headdim == 32);  // d_inner 288 in 9 heads, 3 groups
+  CHECK(c.model.ngroups == 3);
+  CHECK(c.model.chunk_size == 64);
   CHECK_FALSE(c.model.tie_embeddings);
   CHECK(c.model.norm_eps == 1e-6);
   CHECK(c.data.task == "phonebook");
@@ -177,8 +184,8 @@ TEST_CASE("a full valid file sets every key") {
   CHECK(c.checkpoint.keep == 1);
   CHECK(c.distributed.bucket_mb == 12.5);
   CHECK(c.distributed.reduce_dtype == Precision::bf16);
-  CHECK(c.where("train.seed") == path + ":38");
-  CHECK(c.where("data.task_options.name_len") == path + ":21");
+  CHECK(c.where("train.seed") == path + ":41");
+  CHECK(c.where("data.task_options.name_len") == path + ":24");
 }
 
 TEST_CASE("configs/default.yaml is a small CPU-friendly selective copying run") {
@@ -245,7 +252,8 @@ TEST_CASE("to_yaml writes every key and reloads to the same config") {
   RunConfig c = load_run_config(default_yaml_path(),
                                 {"model.pattern=\"*M-M\"", "optim.eps=1.5e-9", "optim.lr=0.1", "train.seed=123456789",
                                  "train.run_dir=runs/with space \"and quote\"", "distributed.bucket_mb=0.3",
-                                 "data.task_options.sep=\"a: b\"", "schedule.kind=constant"});
+                                 "data.task_options.sep=\"a: b\"", "schedule.kind=constant", "model.ssm=mamba2",
+                                 "model.headdim=32", "model.ngroups=2", "model.chunk_size=128"});
   std::string text = to_yaml(c);
   for (const std::string& section : config_sections()) {
     CHECK(text.find(section + ":\n") != std::string::npos);
@@ -259,6 +267,10 @@ TEST_CASE("to_yaml writes every key and reloads to the same config") {
   CHECK(to_yaml(again) == text);
   CHECK(again.model.pattern == "*M-M");
   CHECK(again.optim.eps == 1.5e-9);
+  CHECK(again.model.ssm == SsmKind::mamba2);
+  CHECK(again.model.headdim == 32);
+  CHECK(again.model.ngroups == 2);
+  CHECK(again.model.chunk_size == 128);
   CHECK(again.data.task_options.get_string("sep", "") == "a: b");
   CHECK(again.train.run_dir == "runs/with space \"and quote\"");
 
@@ -307,6 +319,12 @@ TEST_CASE("bad configs name the file, the line and the key") {
       {task + "train:\n  grad_accum: 5\n", 4, "train.grad_accum", "batch_size 32 is not divisible by grad_accum 5"},
       {task + "model:\n  d_model: 0\n", 4, "model.d_model", "must be >= 1, got 0"},
       {task + "model:\n  d_conv: 9\n", 4, "model.d_conv", "must be in [2, 8], got 9"},
+      {task + "model:\n  headdim: 0\n", 4, "model.headdim", "must be >= 1, got 0"},
+      {task + "model:\n  chunk_size: 0\n", 4, "model.chunk_size", "must be >= 1, got 0"},
+      {task + "model:\n  ssm: mamba2\n  headdim: 48\n", 5, "model.headdim",
+       "headdim 48 does not divide d_model * expand = 128"},
+      {task + "model:\n  ssm: mamba2\n  headdim: 64\n  ngroups: 3\n", 6, "model.ngroups",
+       "ngroups 3 does not divide the 2 heads"},
       {task + "model:\n  pattern: MM*x-\n", 4, "model.pattern", "symbol 'x' at position 4 of 'MM*x-' is not one of M"},
       {task + "model:\n  pattern: \"M m\"\n", 4, "model.pattern", "symbol ' ' at position 2"},
       {"data:\n  task: copying\n  seq_len: 1\n", 3, "data.seq_len", "must be >= 2, got 1"},

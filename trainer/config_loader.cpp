@@ -232,6 +232,9 @@ const std::vector<Field>& schema() {
       int_field("model", "expand", &R::model, &MC::expand, 1),
       int_field("model", "dt_rank", &R::model, &MC::dt_rank, 0),
       bool_field("model", "selective", &R::model, &MC::selective),
+      int_field("model", "headdim", &R::model, &MC::headdim, 1),
+      int_field("model", "ngroups", &R::model, &MC::ngroups, 1),
+      int_field("model", "chunk_size", &R::model, &MC::chunk_size, 1),
       bool_field("model", "tie_embeddings", &R::model, &MC::tie_embeddings),
       real_field("model", "norm_eps", &R::model, &MC::norm_eps, kPositive),
       string_field("data", "task", &R::data, &DC::task, check_task),
@@ -495,6 +498,19 @@ void check_values(const RunConfig& cfg, const std::set<std::string>& failed, std
     if (!ok(field.path())) continue;
     std::string error = field.check(cfg);
     if (!error.empty()) problem(field.path(), error);
+  }
+  // Mamba-2 splits d_inner = expand * d_model into heads of headdim, and the heads into ngroups.
+  const ModelConfig& m = cfg.model;
+  if (m.ssm == SsmKind::mamba2 && ok("model.ssm") && ok("model.d_model") && ok("model.expand") &&
+      ok("model.headdim") && ok("model.ngroups") && m.d_model >= 1 && m.expand >= 1 && m.headdim >= 1 &&
+      m.ngroups >= 1) {
+    const int64_t d_inner = m.d_model * m.expand;
+    if (d_inner % m.headdim != 0)
+      problem("model.headdim", "headdim " + std::to_string(m.headdim) + " does not divide d_model * expand = " +
+                                   std::to_string(d_inner) + " (Mamba-2 splits it into heads of headdim channels)");
+    else if ((d_inner / m.headdim) % m.ngroups != 0)
+      problem("model.ngroups", "ngroups " + std::to_string(m.ngroups) + " does not divide the " +
+                                   std::to_string(d_inner / m.headdim) + " heads (d_model * expand / headdim)");
   }
   const TrainConfig& t = cfg.train;
   if (ok("train.batch_size") && ok("train.grad_accum") && t.batch_size >= 1 && t.grad_accum >= 1 &&

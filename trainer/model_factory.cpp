@@ -10,8 +10,12 @@ namespace {
 
 LanguageModelConfig language_model_config(const RunConfig& config) {
   const ModelConfig& m = config.model;
-  if (m.ssm == SsmKind::mamba2)
-    config_problem(config, "model.ssm", "the Mamba-2 mixer arrives with issue 6; this build trains mamba1");
+  // Mamba-2 has no dt_rank (one Δ a head from in_proj) and is always selective: refuse rather
+  // than silently ignore a Mamba-1 setting the user changed.
+  if (m.ssm == SsmKind::mamba2 && m.dt_rank != 0)
+    config_problem(config, "model.dt_rank", "applies to ssm mamba1 only (Mamba-2 projects one dt a head); leave it 0");
+  if (m.ssm == SsmKind::mamba2 && !m.selective)
+    config_problem(config, "model.selective", "applies to ssm mamba1 only (Mamba-2 is always selective)");
   const std::string pattern = m.layer_pattern();
   const std::string pattern_key = m.pattern.empty() ? "model.n_layers" : "model.pattern";
   for (char symbol : pattern)
@@ -28,6 +32,16 @@ LanguageModelConfig language_model_config(const RunConfig& config) {
   lm.mamba.expand = m.expand;
   lm.mamba.dt_rank = m.dt_rank;
   lm.mamba.selective = m.selective;
+  if (m.ssm == SsmKind::mamba2) {
+    lm.ssm = "mamba2";
+    lm.mamba2.d_model = m.d_model;
+    lm.mamba2.d_state = m.d_state;
+    lm.mamba2.d_conv = m.d_conv;
+    lm.mamba2.expand = m.expand;
+    lm.mamba2.headdim = m.headdim;
+    lm.mamba2.ngroups = m.ngroups;
+    lm.mamba2.chunk_size = m.chunk_size;
+  }
   lm.tie_embeddings = m.tie_embeddings;
   lm.norm_eps = m.norm_eps;
   try {

@@ -65,6 +65,10 @@ struct ModelConfig {
   int64_t expand = 2;
   int64_t dt_rank = 0;  // 0: ceil(d_model / 16)
   bool selective = true;
+  // Mamba-2 only (ssm: mamba2): head size P, groups of B and C, and the SSD chunk length.
+  int64_t headdim = 64;
+  int64_t ngroups = 1;
+  int64_t chunk_size = 256;
   bool tie_embeddings = true;
   double norm_eps = 1e-5;
 
