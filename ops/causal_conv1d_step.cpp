@@ -14,11 +14,6 @@ namespace {
 
 constexpr const char* kOp = "causal_conv1d_step";
 
-struct Named {
-  const Tensor& t;
-  const char* name;
-};
-
 void check_inputs(const Tensor& conv_state, const Tensor& x, const Tensor& weight, const Tensor& bias) {
   ops_detail::check_floating(kOp, x, "x");
   SCANLINE_CHECK(x.dim() == 2, kOp, ": expected x of shape (batch, channels) but found ", describe(x));
@@ -44,13 +39,7 @@ void check_inputs(const Tensor& conv_state, const Tensor& x, const Tensor& weigh
                  ": conv_state is updated in place and must be contiguous, but found ", describe(conv_state),
                  " with strides ", conv_state.strides());
 
-  // No node is recorded and the state is overwritten: a gradient could only be silently wrong.
-  if (autograd::is_grad_enabled())
-    for (const Named& in : {Named{conv_state, "conv_state"}, Named{x, "x"}, Named{weight, "weight"},
-                            Named{bias, "bias"}})
-      SCANLINE_CHECK(!in.t.defined() || !in.t.requires_grad(), kOp,
-                     ": the step op is for inference and has no gradient, but ", in.name, " ", describe(in.t),
-                     " requires grad; run it under NoGradGuard");
+  ops_detail::check_inference_only(kOp, {{conv_state, "conv_state"}, {x, "x"}, {weight, "weight"}, {bias, "bias"}});
 }
 
 }  // namespace

@@ -1,5 +1,7 @@
 #include "ops/dispatch.h"
 
+#include "autograd/grad_mode.h"
+
 namespace scanline::ops_detail {
 
 void check_same_device(const char* op, std::initializer_list<Tensor> tensors) {
@@ -38,6 +40,33 @@ void check_dim(const char* op, const Tensor& t, const char* name, int64_t ndim) 
   check_defined(op, t, name);
   SCANLINE_CHECK(t.dim() == ndim, op, ": expected ", name, " to have ", ndim,
                  " dimensions but found ", describe(t));
+}
+
+void check_shape(const char* op, const Tensor& t, const char* name, const char* layout, const Shape& expected) {
+  check_defined(op, t, name);
+  SCANLINE_CHECK(t.shape() == expected, op, ": expected ", name, " of shape ", layout, " = ", expected,
+                 " but found ", describe(t));
+}
+
+void check_input_dtype(const char* op, const Tensor& t, const char* name, DType input, const char* lead) {
+  if (!t.defined()) return;
+  SCANLINE_CHECK(t.dtype() == input, op, ": expected ", name, " of ", lead, "'s dtype ", input, " but found ",
+                 describe(t));
+}
+
+void check_param_dtype(const char* op, const Tensor& t, const char* name, DType input) {
+  if (!t.defined()) return;
+  const DType param = input == DType::f64 ? DType::f64 : DType::f32;
+  SCANLINE_CHECK(t.dtype() == param, op, ": expected ", name, " to be ", param, " (the parameter dtype for ",
+                 input, " inputs) but found ", describe(t));
+}
+
+void check_inference_only(const char* op, std::initializer_list<NamedTensor> inputs) {
+  if (!autograd::is_grad_enabled()) return;
+  for (const NamedTensor& in : inputs)
+    SCANLINE_CHECK(!in.t.defined() || !in.t.requires_grad(), op,
+                   ": the step op is for inference and has no gradient, but ", in.name, " ", describe(in.t),
+                   " requires grad; run it under NoGradGuard");
 }
 
 void no_cuda_kernel(const char* op, const Tensor& t) {

@@ -19,28 +19,6 @@ namespace {
 
 constexpr const char* kOp = "selective_scan";
 
-// "(batch, d_inner, L) = [2, 4, 7]": the symbolic layout and the sizes expected from u and A.
-void check_shape(const Tensor& t, const char* name, const char* layout, const Shape& expected) {
-  ops_detail::check_defined(kOp, t, name);
-  SCANLINE_CHECK(t.shape() == expected, kOp, ": expected ", name, " of shape ", layout, " = ", expected,
-                 " but found ", describe(t));
-}
-
-// u, delta, B, C, z share the input dtype (f32, bf16, or f64 for references and gradcheck).
-void check_input_dtype(const Tensor& t, const char* name, DType input) {
-  if (!t.defined()) return;
-  SCANLINE_CHECK(t.dtype() == input, kOp, ": expected ", name, " of u's dtype ", input, " but found ",
-                 describe(t));
-}
-
-// A, D, delta_bias, initial_state: f32 parameters (f64 with f64 inputs), like final_state.
-void check_param_dtype(const Tensor& t, const char* name, DType input) {
-  if (!t.defined()) return;
-  const DType param = input == DType::f64 ? DType::f64 : DType::f32;
-  SCANLINE_CHECK(t.dtype() == param, kOp, ": expected ", name, " to be ", param, " (the parameter dtype for ",
-                 input, " inputs) but found ", describe(t));
-}
-
 void check_inputs(const cpu::SelectiveScanArgs& a) {
   ops_detail::check_defined(kOp, a.u, "u");
   SCANLINE_CHECK(a.u.dim() == 3 && a.u.shape()[2] >= 1, kOp,
@@ -49,8 +27,8 @@ void check_inputs(const cpu::SelectiveScanArgs& a) {
   SCANLINE_CHECK(input == DType::f32 || input == DType::bf16 || input == DType::f64, kOp,
                  ": expected u to be f32, bf16 or f64 but found ", describe(a.u));
   const int64_t batch = a.u.shape()[0], d_inner = a.u.shape()[1], L = a.u.shape()[2];
-  check_shape(a.delta, "delta", "(batch, d_inner, L)", a.u.shape());
-  if (a.z.defined()) check_shape(a.z, "z", "(batch, d_inner, L)", a.u.shape());
+  ops_detail::check_shape(kOp, a.delta, "delta", "(batch, d_inner, L)", a.u.shape());
+  if (a.z.defined()) ops_detail::check_shape(kOp, a.z, "z", "(batch, d_inner, L)", a.u.shape());
 
   ops_detail::check_defined(kOp, a.A, "A");
   SCANLINE_CHECK(a.A.dim() == 2 && a.A.shape()[0] == d_inner && a.A.shape()[1] >= 1, kOp,
@@ -64,20 +42,20 @@ void check_inputs(const cpu::SelectiveScanArgs& a) {
   const int64_t groups = a.B.shape()[1];
   SCANLINE_CHECK(groups >= 1 && d_inner % groups == 0, kOp, ": the groups = ", groups, " of B ", describe(a.B),
                  " must divide d_inner = ", d_inner, " of u ", describe(a.u));
-  check_shape(a.C, "C", "(batch, groups, N, L)", a.B.shape());
-  if (a.D.defined()) check_shape(a.D, "D", "(d_inner)", {d_inner});
-  if (a.delta_bias.defined()) check_shape(a.delta_bias, "delta_bias", "(d_inner)", {d_inner});
+  ops_detail::check_shape(kOp, a.C, "C", "(batch, groups, N, L)", a.B.shape());
+  if (a.D.defined()) ops_detail::check_shape(kOp, a.D, "D", "(d_inner)", {d_inner});
+  if (a.delta_bias.defined()) ops_detail::check_shape(kOp, a.delta_bias, "delta_bias", "(d_inner)", {d_inner});
   if (a.initial_state.defined())
-    check_shape(a.initial_state, "initial_state", "(batch, d_inner, N)", {batch, d_inner, N});
+    ops_detail::check_shape(kOp, a.initial_state, "initial_state", "(batch, d_inner, N)", {batch, d_inner, N});
 
-  check_input_dtype(a.delta, "delta", input);
-  check_input_dtype(a.B, "B", input);
-  check_input_dtype(a.C, "C", input);
-  check_input_dtype(a.z, "z", input);
-  check_param_dtype(a.A, "A", input);
-  check_param_dtype(a.D, "D", input);
-  check_param_dtype(a.delta_bias, "delta_bias", input);
-  check_param_dtype(a.initial_state, "initial_state", input);
+  ops_detail::check_input_dtype(kOp, a.delta, "delta", input, "u");
+  ops_detail::check_input_dtype(kOp, a.B, "B", input, "u");
+  ops_detail::check_input_dtype(kOp, a.C, "C", input, "u");
+  ops_detail::check_input_dtype(kOp, a.z, "z", input, "u");
+  ops_detail::check_param_dtype(kOp, a.A, "A", input);
+  ops_detail::check_param_dtype(kOp, a.D, "D", input);
+  ops_detail::check_param_dtype(kOp, a.delta_bias, "delta_bias", input);
+  ops_detail::check_param_dtype(kOp, a.initial_state, "initial_state", input);
   ops_detail::check_same_device(kOp, {a.u, a.delta, a.A, a.B, a.C, a.D, a.z, a.delta_bias, a.initial_state});
 }
 
