@@ -94,15 +94,21 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_chunk_maps
       ds[i] = gate_grad(dy[i], in.z ? zv[i] : W(0), in.z != nullptr);
     }
   }
-  const T* C_rows = in.C + (b * in.groups + g) * N * L;
+  const int64_t valid = L - t0;
+  const bool full = vec && valid >= kItems;
+  const T* C_at = in.C + (b * in.groups + g) * N * L + t0;  // state n's row at the lane's first step
   const W* A_row = in.A + d * N;
   RawItems<kItems, T> C_next;  // state n + 1's, loaded while state n computes
-  load_raw(C_rows, t0, L, vec, C_next);
-  for (int64_t n = 0; n < N; ++n) {
+  load_raw(C_at, full, valid, C_next);
+  const int states = int(N);
+  for (int n = 0; n < states; ++n) {
     const W A_n = A_row[n];
     W Cv[kItems];
     to_math(C_next, Cv);
-    if (n + 1 < N) load_raw(C_rows + (n + 1) * L, t0, L, vec, C_next);
+    if (n + 1 < states) {
+      C_at += L;
+      load_raw(C_at, full, valid, C_next);
+    }
     W qa = exp2_m(dt_sum * A_n), qb = W(0);  // the lane's maps, the latest applied first
 #pragma unroll
     for (int i = kItems - 1; i >= 0; --i) qb = exp2_m(dt[i] * A_n) * (qb + ds[i] * Cv[i]);
@@ -199,6 +205,9 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
   const T* B_rows = in.B + bg * N * L;
   const T* C_rows = in.C + bg * N * L;
   const int64_t t0 = c * in.chunk + int64_t(lane) * kItems;
+  const int64_t valid = L - t0;
+  const bool full = vec && valid >= kItems;
+  const int states = int(N);
 
   if (accumulate) {
     for (int64_t k = 0; k < N * kItems; ++k) {  // only this lane's slots
@@ -228,29 +237,37 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
     }
     const W* A_row = in.A + d * N;
     // State n + 1's inputs are loaded while state n computes, hiding their latency.
+    // Running pointers: state n's rows at the lane's first step, its chunk state and carry.
+    const T* B_at = B_rows + t0;
+    const T* C_at = C_rows + t0;
+    const W* h_at = p.chunk_states + state_at;
+    const W* x_at = p.x_right ? p.x_right + state_at : nullptr;
+    W* accB_at = acc_B + lane;  // this lane's accumulator slots of state n
+    W* accC_at = acc_C + lane;
     RawItems<kItems, T> B_next, C_next;
-    load_raw(B_rows, t0, L, vec, B_next);
-    load_raw(C_rows, t0, L, vec, C_next);
-    W A_next = A_row[0], h_next = p.chunk_states[state_at], x_next = p.x_right ? p.x_right[state_at] : W(0);
-    for (int64_t n = 0; n < N; ++n) {
+    load_raw(B_at, full, valid, B_next);
+    load_raw(C_at, full, valid, C_next);
+    W A_next = A_row[0], h_next = h_at[0], x_next = x_at ? x_at[0] : W(0);
+    for (int n = 0; n < states; ++n) {
       const W A_n = A_next, h_chunk = h_next, x_chunk = x_next;
       W Bv[kItems], Cv[kItems], a[kItems], bx[kItems], h_prev[kItems + 1], dsC[kItems];
       to_math(B_next, Bv);
       to_math(C_next, Cv);
-      if (n + 1 < N) {
-        load_raw(B_rows + (n + 1) * L, t0, L, vec, B_next);
-        load_raw(C_rows + (n + 1) * L, t0, L, vec, C_next);
+      if (n + 1 < states) {
+        B_at += L;
+        C_at += L;
+        load_raw(B_at, full, valid, B_next);
+        load_raw(C_at, full, valid, C_next);
         A_next = A_row[n + 1];
-        h_next = p.chunk_states[state_at + n + 1];
-        x_next = p.x_right ? p.x_right[state_at + n + 1] : W(0);
+        h_next = h_at[n + 1];
+        x_next = x_at ? x_at[n + 1] : W(0);
       }
       W accB[kItems], accC[kItems];  // the running dB/dC sums, read early for the same reason
       if (accumulate) {
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
-          const int64_t k = (n * kItems + i) * 32 + lane;
-          accB[i] = need_B ? acc_B[k] : W(0);
-          accC[i] = need_C ? acc_C[k] : W(0);
+          accB[i] = need_B ? accB_at[i * 32] : W(0);
+          accC[i] = need_C ? accC_at[i * 32] : W(0);
         }
       }
       // Recompute the states: forward scan from the state entering the chunk.
@@ -267,12 +284,13 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
       W qa = pa, qb = W(0);
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) qb = a[i] * (qb + dsC[i]);
-      warp_prefix(pa, pb);  // the two scans are independent: their shuffles overlap
-      warp_suffix(qa, qb);
-      h_prev[0] = pa * h_chunk + pb;  // h_prev[i]: the state before step i; h_prev[kItems]: after
+      warp_prefix_inclusive(pa, pb);  // the two scans are independent: their shuffles overlap
+      warp_suffix_inclusive(qa, qb);
+      // h_prev[i]: the state before step i; h_prev[kItems]: after. x: at the lane's right edge.
+      h_prev[0] = from_previous_lane(pa * h_chunk + pb, h_chunk);
+      W x = from_next_lane(qa * x_chunk + qb, x_chunk);
 #pragma unroll
       for (int i = 0; i < kItems; ++i) h_prev[i + 1] = a[i] * h_prev[i] + bx[i];
-      W x = qa * x_chunk + qb;
       W dA_sum = W(0), dBv[kItems], dCv[kItems];
 #pragma unroll
       for (int i = kItems - 1; i >= 0; --i) {
@@ -295,10 +313,11 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
       } else {
 #pragma unroll
         for (int i = 0; i < kItems; ++i) {
-          const int64_t k = (n * kItems + i) * 32 + lane;
-          if (need_B) acc_B[k] = accB[i] + dBv[i];
-          if (need_C) acc_C[k] = accC[i] + dCv[i];
+          if (need_B) accB_at[i * 32] = accB[i] + dBv[i];
+          if (need_C) accC_at[i * 32] = accC[i] + dCv[i];
         }
+        accB_at += kItems * 32;
+        accC_at += kItems * 32;
       }
       // dA: the lane's partial now, the sum over lanes once per channel (no shuffle chain a state).
       if (need_dA) dA_lane[n * 32 + lane] = dA_sum;

@@ -134,21 +134,24 @@ struct RawItems {
   alignas(16) T e[kItems];
 };
 
-// r = p[t0 .. t0 + kItems) (zeros past L), same vec contract as load_items.
+// r = p[0 .. kItems), p already at the lane's first step t0, zeros from step `valid` = L - t0 on.
+// full: vec and all kItems steps before L, so whole words may be read (load_items' contract).
+// The kernels walk a row per state with a running pointer and compute full/valid once: the
+// per-state address and bounds arithmetic was a sixth of the backward's instructions.
 template <int kItems, typename T>
-__device__ __forceinline__ void load_raw(const T* __restrict__ p, int64_t t0, int64_t L, bool vec, RawItems<kItems, T>& r) {
+__device__ __forceinline__ void load_raw(const T* __restrict__ p, bool full, int64_t valid, RawItems<kItems, T>& r) {
   constexpr int kBytes = kItems * int(sizeof(T));
   if constexpr (kItems > 1 && kBytes % 4 == 0) {
-    if (vec && t0 + kItems <= L) {
+    if (full) {
       using Word = word_t<kBytes>;
 #pragma unroll
       for (int w = 0; w < kBytes / int(sizeof(Word)); ++w)
-        reinterpret_cast<Word*>(r.e)[w] = reinterpret_cast<const Word*>(p + t0)[w];
+        reinterpret_cast<Word*>(r.e)[w] = reinterpret_cast<const Word*>(p)[w];
       return;
     }
   }
 #pragma unroll
-  for (int i = 0; i < kItems; ++i) r.e[i] = t0 + i < L ? p[t0 + i] : from_math<T>(math_t<T>(0));
+  for (int i = 0; i < kItems; ++i) r.e[i] = i < valid ? p[i] : from_math<T>(math_t<T>(0));
 }
 
 template <int kItems, typename T, typename W>
@@ -182,11 +185,12 @@ __device__ __forceinline__ void store_items(T* __restrict__ p, int64_t t0, int64
 
 inline constexpr unsigned kFullMask = 0xffffffffu;
 
-// Forward in time. In: (a, b), this lane's composite map over its items (earliest applied first).
-// Out: the composite of every earlier lane of the warp (identity for lane 0), so that the state
-// entering this lane's items is a·h + b, h being the state entering the warp's steps.
+// Forward in time, inclusive. In: (a, b), this lane's composite map over its items (earliest
+// applied first). Out: the composite over lanes 0 .. lane, so that the state after this lane's
+// items is a·h + b, h being the state entering the warp's steps. The state entering the lane's
+// items is then the previous lane's result: one shuffle of that value instead of two of (a, b).
 template <typename W>
-__device__ __forceinline__ void warp_prefix(W& a, W& b) {
+__device__ __forceinline__ void warp_prefix_inclusive(W& a, W& b) {
   const int lane = int(threadIdx.x & 31);
 #pragma unroll
   for (int offset = 1; offset < 32; offset <<= 1) {
@@ -196,10 +200,33 @@ __device__ __forceinline__ void warp_prefix(W& a, W& b) {
       a = a * a_up;
     }
   }
-  // (a, b) now covers lanes 0 .. lane; the exclusive prefix is the previous lane's.
+}
+
+// Forward in time, exclusive: the composite of every earlier lane (identity for lane 0). The
+// forward kernel uses this form: its pass carry comes from shared memory, and the inclusive
+// form's value shuffle would put that load's latency on the scan's critical path.
+template <typename W>
+__device__ __forceinline__ void warp_prefix(W& a, W& b) {
+  warp_prefix_inclusive(a, b);
+  const int lane = int(threadIdx.x & 31);
   const W ea = __shfl_up_sync(kFullMask, a, 1), eb = __shfl_up_sync(kFullMask, b, 1);
   a = lane == 0 ? W(1) : ea;
   b = lane == 0 ? W(0) : eb;
+}
+
+// The value `v` of the previous lane (lane 0: `first`), e.g. the state entering a lane's items
+// from the state after the previous lane's.
+template <typename W>
+__device__ __forceinline__ W from_previous_lane(W v, W first) {
+  const W up = __shfl_up_sync(kFullMask, v, 1);
+  return (threadIdx.x & 31) == 0 ? first : up;
+}
+
+// The value `v` of the next lane (lane 31: `last`).
+template <typename W>
+__device__ __forceinline__ W from_next_lane(W v, W last) {
+  const W down = __shfl_down_sync(kFullMask, v, 1);
+  return (threadIdx.x & 31) == 31 ? last : down;
 }
 
 // Backward in time, inclusive, within segments of `width` lanes (a power of two <= 32). In:
@@ -218,17 +245,6 @@ __device__ __forceinline__ void warp_suffix_inclusive(W& a, W& b, int width = 32
       a = a * a_down;
     }
   }
-}
-
-// Backward in time, exclusive: the composite of every later lane (identity for lane 31), so that
-// the value at this lane's right edge is a·x + b, x being the value at the warp's right edge.
-template <typename W>
-__device__ __forceinline__ void warp_suffix(W& a, W& b) {
-  warp_suffix_inclusive(a, b);
-  const int lane = int(threadIdx.x & 31);
-  const W ea = __shfl_down_sync(kFullMask, a, 1), eb = __shfl_down_sync(kFullMask, b, 1);
-  a = lane == 31 ? W(1) : ea;
-  b = lane == 31 ? W(0) : eb;
 }
 
 }  // namespace scanline::cuda::scan

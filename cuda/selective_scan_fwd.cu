@@ -59,18 +59,25 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, 4) selective_scan_fwd_ker
       dt[i] *= kLog2e<W>;  // exp(Δ·A) = exp2(Δ·log2(e)·A)
       dt_sum += dt[i];
     }
+    const int64_t valid = L - t0;
+    const bool full = vec && valid >= kItems;
+    const T* B_at = B_rows + t0;  // state n's row at the lane's first step
+    const T* C_at = C_rows + t0;
     RawItems<kItems, T> B_next, C_next;  // state n + 1's, loaded while state n computes
-    load_raw(B_rows, t0, L, vec, B_next);
-    load_raw(C_rows, t0, L, vec, C_next);
+    load_raw(B_at, full, valid, B_next);
+    load_raw(C_at, full, valid, C_next);
     W A_next = A_row[0];
-    for (int64_t n = 0; n < N; ++n) {
+    const int states = int(N);
+    for (int n = 0; n < states; ++n) {
       const W A_n = A_next;
       W Bv[kItems], Cv[kItems], a[kItems], bx[kItems];
       to_math(B_next, Bv);
       to_math(C_next, Cv);
-      if (n + 1 < N) {
-        load_raw(B_rows + (n + 1) * L, t0, L, vec, B_next);
-        load_raw(C_rows + (n + 1) * L, t0, L, vec, C_next);
+      if (n + 1 < states) {
+        B_at += L;
+        C_at += L;
+        load_raw(B_at, full, valid, B_next);
+        load_raw(C_at, full, valid, C_next);
         A_next = A_row[n + 1];
       }
       W pa = exp2_m(dt_sum * A_n), pb = W(0);  // the lane's composite map over its steps
