@@ -1,4 +1,4 @@
-// RMSNorm and cross-entropy rows of `scanline bench ops`: forward and backward kernels timed
+// RMSNorm, gated RMSNorm and cross-entropy rows of `scanline bench ops`: forward and backward kernels timed
 // through their CUDA launchers, so each row is one kernel's work and bytes.
 #include <string>
 
@@ -6,6 +6,7 @@
 #include "core/random.h"
 #include "cuda/cross_entropy.h"
 #include "cuda/rms_norm.h"
+#include "cuda/rms_norm_gated.h"
 #include "ops/ops.h"
 
 namespace scanline::bench {
@@ -40,6 +41,24 @@ void append_norm_rows(std::vector<Row>& rows, size_t tensor_bytes) {
     rows.push_back({"rms_norm+residual fwd " + d + " (f32 residual)", dims(n, width),
                     time_ms([&] { cuda::rms_norm_residual_forward(x, residual, w, 1e-5, DType::f32); }),
                     2 * t + 2 * rt, 0, 0.8});
+  }
+  // Mamba-2's gated norm (norm_before_gate = false) over d_inner = 4096, one group and 8 groups:
+  // the forward reads x and z and writes y, the backward reads grad, x and z and writes dx and dz.
+  const int64_t gated_width = 4096;
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    const int64_t n = int64_t(tensor_bytes / dtype_size(dtype)) / gated_width;
+    Tensor x = random_gpu({n, gated_width}, dtype, 15), z = random_gpu({n, gated_width}, dtype, 16, -3.0, 3.0);
+    Tensor w = random_gpu({gated_width}, dtype, 17, 0.5, 1.5), g = random_gpu({n, gated_width}, dtype, 18);
+    const double t = double(n * gated_width * int64_t(dtype_size(dtype)));
+    for (int64_t groups : {1, 8}) {
+      const int64_t group_size = gated_width / groups;
+      const std::string d = dtype_name(dtype) + (groups > 1 ? " (" + std::to_string(groups) + " groups)" : "");
+      auto [y, rstd] = cuda::rms_norm_gated_forward(x, z, w, 1e-5, false, group_size);
+      rows.push_back({"rms_norm_gated fwd " + d, dims(n, gated_width),
+                      time_ms([&] { cuda::rms_norm_gated_forward(x, z, w, 1e-5, false, group_size); }), 3 * t, 0, 0.8});
+      auto bwd = [&] { cuda::rms_norm_gated_backward(g, x, z, w, rstd, false, group_size, true, true, true); };
+      rows.push_back({"rms_norm_gated bwd " + d, dims(n, gated_width), time_ms(bwd), 5 * t, 0, 0.8});
+    }
   }
 }
 

@@ -103,16 +103,9 @@ Mamba2Mixer::SsdParams Mamba2Mixer::ssd_params(DType input_dtype) const {
 }
 
 Tensor Mamba2Mixer::gated_norm(const Tensor& y, const Tensor& z) const {
-  const Tensor weight = to_dtype(norm.weight, y.dtype());
-  const int64_t G = config_.ngroups;
-  if (G == 1) return rms_norm_gated(y, z, weight, norm.eps(), false);
-  // mamba_ssm's RMSNormGated(group_size = E / G): each group of channels has its own RMS. Views
-  // split the channel dim into (G, E / G); the weight spans all E channels, so it multiplies after.
-  Shape grouped = y.shape();
-  grouped.back() = G;
-  grouped.push_back(config_.d_inner() / G);
-  const Tensor normed = rms_norm_gated(reshape(y, grouped), reshape(z, grouped), Tensor(), norm.eps(), false);
-  return mul(reshape(normed, y.shape()), weight);
+  // mamba_ssm's RMSNormGated(group_size = E / G): each group of channels has its own RMS; one
+  // fused node (z may be a column slice of in_proj's output: the kernels read it in place).
+  return rms_norm_gated(y, z, to_dtype(norm.weight, y.dtype()), norm.eps(), false, config_.d_inner() / config_.ngroups);
 }
 
 Mamba2State Mamba2Mixer::initial_state(int64_t batch, DType dtype) const {

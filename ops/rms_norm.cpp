@@ -3,7 +3,6 @@
 #include <tuple>
 
 #include "ops/dispatch.h"
-#include "ops/elementwise.h"
 #include "ops/rms_norm_cpu.h"
 
 #ifdef SCANLINE_HAVE_CUDA
@@ -107,19 +106,6 @@ std::pair<Tensor, Tensor> rms_norm_residual(const Tensor& x, const Tensor& resid
 #endif
          });
   return {y, new_residual};
-}
-
-Tensor rms_norm_gated(const Tensor& x, const Tensor& z, const Tensor& weight, double eps, bool norm_before_gate) {
-  constexpr const char* op = "rms_norm_gated";
-  check_inputs(op, x, weight, eps);
-  ops_detail::check_floating(op, z, "gate z");
-  SCANLINE_CHECK(z.shape() == x.shape(), op, ": expected gate z of the input's shape ", describe(x),
-                 " but found ", describe(z));
-  ops_detail::check_same_dtype(op, {x, z});
-  ops_detail::check_same_device(op, {x, z});
-  // Composed from the fused rms_norm and the elementwise ops; each piece has its own backward.
-  if (norm_before_gate) return mul(rms_norm(x, weight, eps), silu(z));
-  return rms_norm(mul(x, silu(z)), weight, eps);
 }
 
 }  // namespace scanline

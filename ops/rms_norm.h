@@ -1,6 +1,7 @@
 #pragma once
 // RMSNorm over the last dimension, one fused node: y = x * rsqrt(mean(x^2) + eps) * weight. The
 // forward saves the per-row reciprocal RMS (rstd) so the backward needs no second reduction over x.
+#include <cstdint>
 #include <utility>
 
 #include "core/tensor.h"
@@ -21,10 +22,14 @@ Tensor rms_norm(const Tensor& x, const Tensor& weight = Tensor(), double eps = 1
 std::pair<Tensor, Tensor> rms_norm_residual(const Tensor& x, const Tensor& residual, const Tensor& weight = Tensor(),
                                             double eps = 1e-5, bool residual_in_fp32 = false);
 
-// Mamba-2's gated RMSNorm (RMSNormGated with one group), z of x's shape:
-//   norm_before_gate = false (Mamba-2's default): rms_norm(x * silu(z)) * weight
-//   norm_before_gate = true:                      rms_norm(x) * weight * silu(z)
+// Mamba-2's gated RMSNorm (mamba_ssm's RMSNormGated), one fused node (ops/rms_norm_gated.cpp).
+// x, z (..., D) of one shape and dtype; weight (D) or undefined; the RMS is taken over each group
+// of group_size consecutive channels (0 or D: the whole row; else it must divide D), with
+// s = silu(z) and rstd(v) = 1 / sqrt(mean over the group of v^2 + eps):
+//   norm_before_gate = false (Mamba-2's default): g = x * s; y = g * rstd(g) * weight
+//   norm_before_gate = true:                      y = x * rstd(x) * weight * s
+// The forward saves x, z, weight and rstd per (row, group), never the normalized values.
 Tensor rms_norm_gated(const Tensor& x, const Tensor& z, const Tensor& weight = Tensor(), double eps = 1e-5,
-                      bool norm_before_gate = false);
+                      bool norm_before_gate = false, int64_t group_size = 0);
 
 }  // namespace scanline

@@ -7,6 +7,10 @@
 #include "ops/dispatch.h"
 #include "ops/ssd_cpu.h"
 
+#ifdef SCANLINE_HAVE_CUDA
+#include "cuda/ssd.h"
+#endif
+
 namespace scanline {
 
 using autograd::BackwardContext;
@@ -68,23 +72,50 @@ SsdResult ssd(const Tensor& x, const Tensor& dt, const Tensor& A, const Tensor& 
               const Tensor& initial_state) {
   const cpu::SsdArgs args{x, dt, A, B, C, D, z, dt_bias, initial_state, dt_softplus};
   check_inputs(args, chunk_size);
-  // The chunked CUDA kernels hang here; on CPU the recurrence runs (chunk_size does not change
-  // the result, only how a chunked kernel computes it).
-  if (!x.device().is_cpu()) ops_detail::no_cuda_kernel(kOp, x);
-  Tensor y, final_state;
-  std::tie(y, final_state) = cpu::ssd_forward(args);
+  Tensor y, final_state, chunk_states, y_ungated;
+#ifdef SCANLINE_HAVE_CUDA
+  if (x.device().is_cuda()) {
+    SCANLINE_CHECK(x.dtype() != DType::f64, kOp, ": the CUDA kernels take f32 or bf16 inputs but found ",
+                   describe(x), " (f64 runs on CPU)");
+    const char* why = "";
+    SCANLINE_CHECK(cuda::ssd_supports(x.shape()[3], B.shape()[3], chunk_size, &why), kOp, ": x ", describe(x),
+                   ", B ", describe(B), ", chunk_size ", chunk_size, ": ", why);
+    cuda::SsdForwardResult r = cuda::ssd_fwd(x, dt, A, B, C, D, z, dt_bias, dt_softplus, chunk_size, initial_state);
+    y = r.y;
+    final_state = r.final_state;
+    chunk_states = r.chunk_states;
+    y_ungated = r.y_ungated;
+  } else
+#endif
+  {
+    // On CPU the recurrence runs: chunk_size does not change the result, only how a chunked
+    // kernel computes it.
+    if (!x.device().is_cpu()) ops_detail::no_cuda_kernel(kOp, x);
+    std::tie(y, final_state) = cpu::ssd_forward(args);
+  }
 
-  // One node for the whole layer. Only the inputs are saved: the backward recomputes the states
-  // (from checkpoints every cpu::kSsdSegment steps) instead of keeping (batch, L, heads, headdim, N).
+  // One node for the whole layer. Saved: the inputs, plus on CUDA the state entering every chunk
+  // (L / chunk_size states a head) and, with a gate, y before it. The backward recomputes
+  // everything else instead of keeping (batch, L, heads, headdim, N) alive (on CPU from
+  // checkpoints every cpu::kSsdSegment steps).
   const cpu::SsdArgs saved{detached(x),       detached(dt), detached(A),       detached(B),
                            detached(C),       detached(D),  detached(z),       detached(dt_bias),
                            detached(initial_state), dt_softplus};
   autograd::record(kOp, {x, dt, A, B, C, D, z, dt_bias, initial_state}, {y, final_state},
-                   [saved](const BackwardContext& ctx) {
+                   [saved, chunk_size, chunk_states, y_ungated](const BackwardContext& ctx) {
                      const Tensor& grad_y = ctx.grad(0);
-                     if (!grad_y.device().is_cpu()) ops_detail::no_cuda_kernel("ssd backward", grad_y);
                      std::array<bool, 9> needs{};
                      for (size_t i = 0; i < needs.size(); ++i) needs[i] = ctx.needs(i);
+#ifdef SCANLINE_HAVE_CUDA
+                     if (grad_y.device().is_cuda()) {
+                       const cpu::SsdArgs& s = saved;
+                       cuda::SsdBackwardResult g =
+                           cuda::ssd_bwd(s.x, s.dt, s.A, s.B, s.C, s.D, s.z, s.dt_bias, s.dt_softplus, chunk_size,
+                                         s.initial_state, chunk_states, y_ungated, grad_y, ctx.grad(1), needs);
+                       return Grads{g.x, g.dt, g.A, g.B, g.C, g.D, g.z, g.dt_bias, g.initial_state};
+                     }
+#endif
+                     if (!grad_y.device().is_cpu()) ops_detail::no_cuda_kernel("ssd backward", grad_y);
                      cpu::SsdGrads g = cpu::ssd_backward(saved, grad_y, ctx.grad(1), needs);
                      return Grads{g.x, g.dt, g.A, g.B, g.C, g.D, g.z, g.dt_bias, g.initial_state};
                    });

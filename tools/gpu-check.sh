@@ -44,7 +44,21 @@ fi
 step cpu-tests cpu-tests.log ctest --test-dir "$build_dir" -L cpu --output-on-failure -j 8
 step bench-ops bench-ops.log "$build_dir/bin/scanline" bench ops
 step bench-scan bench-scan.log "$build_dir/bin/scanline" bench scan
+step bench-ssd bench-ssd.log "$build_dir/bin/scanline" bench ssd
+# The PyTorch peer of the SSD (bench/peers/ssd_torch.py: the same chunked algorithm, eager and
+# torch.compile) on the same cases, after checking itself against the recurrence; it reads
+# bench-ssd.log for the ratios and fails unless scanline is faster. Skipped without torch.
+ssd_cases=(8,2048,24,64,128,1 4,8192,32,64,128,8)
+if python3 -c "import torch" >/dev/null 2>&1; then
+  step ssd-torch ssd-torch.log python3 "$root/bench/peers/ssd_torch.py" --cases "${ssd_cases[@]}" \
+    --json "$out/ssd-torch.json" --scanline-log "$out/bench-ssd.log"
+else
+  echo "| ssd-torch | skipped: python3 has no torch | 0 |" >>"$summary"
+  echo "== ssd-torch: skipped: python3 has no torch (bench/peers/ssd_torch.py needs PyTorch)"
+fi
 grep -h -E "tests passed|tests failed" "$out"/*tests.log >>"$summary" 2>/dev/null
 grep -h -A40 "^### " "$out/bench-ops.log" >>"$summary" 2>/dev/null
 grep -h -A9 "^### " "$out/bench-scan.log" >>"$summary" 2>/dev/null
+grep -h -A7 "^### " "$out/bench-ssd.log" >>"$summary" 2>/dev/null
+grep -h -A9 "^### " "$out/ssd-torch.log" >>"$summary" 2>/dev/null
 cat "$summary"

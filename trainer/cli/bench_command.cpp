@@ -7,12 +7,13 @@
 #ifdef SCANLINE_HAVE_CUDA
 #include "bench/ops_bench.h"
 #include "bench/scan_bench.h"
+#include "bench/ssd_bench.h"
 #endif
 
 namespace scanline::cli {
 
 int bench(int argc, char** argv) {
-  SCANLINE_CHECK(argc >= 2, "bench: expected a benchmark name: ops or scan");
+  SCANLINE_CHECK(argc >= 2, "bench: expected a benchmark name: ops, scan or ssd");
   std::string name = argv[1];
   bool quick = false;
   for (int i = 2; i < argc; ++i) {
@@ -23,7 +24,8 @@ int bench(int argc, char** argv) {
 #ifdef SCANLINE_HAVE_CUDA
   if (name == "ops") return scanline::bench::run_ops_bench(quick);
   if (name == "scan") return scanline::bench::run_scan_bench(quick);
-  SCANLINE_FAIL("bench: unknown benchmark '", name, "' (expected: ops or scan)");
+  if (name == "ssd") return scanline::bench::run_ssd_bench(quick);
+  SCANLINE_FAIL("bench: unknown benchmark '", name, "' (expected: ops, scan or ssd)");
 #else
   (void)quick;
   SCANLINE_FAIL("bench ", name, ": this build has no CUDA backend (benchmarks run on the GPU)");
