@@ -44,7 +44,9 @@ struct FwdParams {
 // product X^T · diag(w) · B over the chunk's keys, four warps in a kWarpsM x kWarpsN grid.
 template <typename T, int P, int N>
 struct StatePlan {
-  static constexpr int kNb = N < 64 ? N : 64;
+  // Every state in one block up to headdim 64 (x is read and Δ·A summed once a head, not once a
+  // slice); slices of 64 states for headdim 128, whose accumulators would not fit otherwise.
+  static constexpr int kNb = N < 64 || P <= 64 ? N : 64;
   static constexpr int kSlices = N / kNb;
   static constexpr int kWarpsM = P / 16 < 4 ? P / 16 : 4;
   static constexpr int kWarpsN = 4 / kWarpsM;

@@ -12,6 +12,13 @@
 namespace scanline::cuda::ssd {
 namespace {
 
+// 2^x by the SFU's ex2.approx.ftz (one instruction; exp2f adds range handling around it).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 template <typename T>
 __device__ __forceinline__ float2 load2(const T* ptr) {
   if constexpr (std::is_same_v<T, float>) {
@@ -158,16 +165,19 @@ __global__ void __launch_bounds__(kThreads, P == 128 ? 2 : 3) ssd_chunk_scan_ker
       }
     }
     // s[t] = (C·B^T)[i_lo (+8)][key j = 64kb + 8t + 2q (+1)]: decay and mask (j <= i) in place.
+    // A thread's two keys are adjacent: one 8-byte load each of a2 and Δ. The exponent is at most
+    // 0 where kept (a is non-increasing), so the approximate ex2 (2 ulp) serves; masked entries
+    // are selected away, never multiplied.
 #pragma unroll
     for (int t = 0; t < 8; ++t) {
       if (t >= n_tiles) break;
-#pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int j = kb * kKeys + t * 8 + 2 * q + e;
-        const float aj = s_a2[j], dj = s_delta[j];
-        s[t][e] = j <= i_lo ? s[t][e] * (exp2f(a_lo - aj) * dj) : 0.0f;
-        s[t][2 + e] = j <= i_lo + 8 ? s[t][2 + e] * (exp2f(a_hi - aj) * dj) : 0.0f;
-      }
+      const int j0 = kb * kKeys + t * 8 + 2 * q;
+      const float2 aj = *reinterpret_cast<const float2*>(s_a2 + j0);
+      const float2 dj = *reinterpret_cast<const float2*>(s_delta + j0);
+      s[t][0] = j0 <= i_lo ? s[t][0] * (fast_exp2(a_lo - aj.x) * dj.x) : 0.0f;
+      s[t][1] = j0 + 1 <= i_lo ? s[t][1] * (fast_exp2(a_lo - aj.y) * dj.y) : 0.0f;
+      s[t][2] = j0 <= i_lo + 8 ? s[t][2] * (fast_exp2(a_hi - aj.x) * dj.x) : 0.0f;
+      s[t][3] = j0 + 1 <= i_lo + 8 ? s[t][3] * (fast_exp2(a_hi - aj.y) * dj.y) : 0.0f;
     }
 #pragma unroll
     for (int ks = 0; ks < 4; ++ks) {
