@@ -1,5 +1,7 @@
 #pragma once
 // Every differentiable op, for code that uses many of them (models, trainer, tests).
+#include "ops/attention.h"
+#include "ops/attention_decode.h"
 #include "ops/causal_conv1d.h"
 #include "ops/causal_conv1d_step.h"
 #include "ops/concat.h"
@@ -8,6 +10,7 @@
 #include "ops/embedding.h"
 #include "ops/matmul.h"
 #include "ops/reduce.h"
+#include "ops/rope.h"
 #include "ops/rms_norm.h"
 #include "ops/selective_scan.h"
 #include "ops/selective_scan_step.h"

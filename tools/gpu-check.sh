@@ -35,11 +35,12 @@ if [ "${SKIP_MEMCHECK:-0}" != 1 ] && command -v compute-sanitizer >/dev/null; th
   step memcheck memcheck.log compute-sanitizer --tool memcheck --error-exitcode 1 \
     "$build_dir/bin/scanline_cuda_tests" --test-case-exclude='*large*,*out of memory*,*peak memory*,*65536*' --no-intro=true
 fi
-# racecheck (shared-memory hazards) over the scan kernels' tests, minus the multi-GiB memory case.
+# racecheck (shared-memory hazards) over the scan and SSD kernels' tests, minus the multi-GiB
+# memory cases.
 if [ "${SKIP_MEMCHECK:-0}" != 1 ] && command -v compute-sanitizer >/dev/null; then
   step racecheck racecheck.log compute-sanitizer --tool racecheck --error-exitcode 1 \
-    "$build_dir/bin/scanline_cuda_tests" --source-file='*selective_scan*,*scan_unfused*' \
-    --test-case-exclude='*peak memory*' --no-intro=true
+    "$build_dir/bin/scanline_cuda_tests" --source-file='*selective_scan*,*scan_unfused*,*ssd*,*rms_norm_gated*' \
+    --test-case-exclude='*peak memory*,*8192*,*65536*' --no-intro=true
 fi
 step cpu-tests cpu-tests.log ctest --test-dir "$build_dir" -L cpu --output-on-failure -j 8
 step bench-ops bench-ops.log "$build_dir/bin/scanline" bench ops
