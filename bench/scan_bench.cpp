@@ -39,16 +39,6 @@ Tensor gpu_rand(const Shape& shape, DType dtype, uint64_t seed, double low, doub
   return contiguous_copy(rand(shape, gen, {.dtype = DType::f32}, low, high), dtype, Device::cuda(0));
 }
 
-double copy_gbps() {
-  const size_t bytes = size_t(256) << 20;
-  Tensor a = empty({int64_t(bytes)}, {.dtype = DType::b8, .device = Device::cuda(0)});
-  Tensor b = empty({int64_t(bytes)}, {.dtype = DType::b8, .device = Device::cuda(0)});
-  double ms = time_ms([&] {
-    CUDA_CHECK(cudaMemcpyAsync(b.raw_data(), a.raw_data(), bytes, cudaMemcpyDeviceToDevice, cuda::current_stream()));
-  });
-  return 2.0 * double(bytes) / (ms * 1e-3) / 1e9;
-}
-
 std::string shape_of(const ScanCase& c) {
   std::string s = "(";
   for (int64_t v : {c.batch, c.d_inner, c.L}) s += std::to_string(v) + ", ";
@@ -69,7 +59,7 @@ int run_scan_bench(bool quick) {
   NoGradGuard no_grad;
   std::printf("scanline bench scan on %s; bf16 u, delta, z, B, C; f32 A, D, delta_bias; softplus and gate on\n",
               cuda::device_name(0).c_str());
-  const double copy = copy_gbps();
+  const double copy = device_copy_gbps();
   std::printf("measured device copy bandwidth: %.0f GB/s\n", copy);
   const ChipRates chip = measure_chip_rates();
   const double per_sm_clock = double(chip.sms) * chip.clock_hz;

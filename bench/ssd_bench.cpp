@@ -41,17 +41,6 @@ std::string shape_of(const SsdShape& s) {
   return out + std::to_string(s.ngroups) + ")";
 }
 
-// The device-to-device copy of 256 MiB, as bench scan measures it: read + write bytes per second.
-double copy_gbps() {
-  const size_t bytes = size_t(256) << 20;
-  Tensor a = empty({int64_t(bytes)}, {.dtype = DType::b8, .device = Device::cuda(0)});
-  Tensor b = empty({int64_t(bytes)}, {.dtype = DType::b8, .device = Device::cuda(0)});
-  double ms = time_ms([&] {
-    CUDA_CHECK(cudaMemcpyAsync(b.raw_data(), a.raw_data(), bytes, cudaMemcpyDeviceToDevice, cuda::current_stream()));
-  });
-  return 2.0 * double(bytes) / (ms * 1e-3) / 1e9;
-}
-
 Tensor to_gpu(const Tensor& cpu, DType dtype) { return contiguous_copy(cpu, dtype, Device::cuda(0)); }
 
 std::vector<float> uniform(int64_t n, Generator& gen, double low, double high) {
@@ -125,7 +114,7 @@ int run_ssd_bench(bool quick) {
   NoGradGuard no_grad;
   std::printf("scanline bench ssd on %s; bf16 x, dt, B, C; f32 A, D (per head), dt_bias; softplus on, no z gate; "
               "chunk %lld\n", cuda::device_name(0).c_str(), static_cast<long long>(kChunk));
-  const double copy = copy_gbps();
+  const double copy = device_copy_gbps();
   std::printf("measured device copy bandwidth: %.0f GB/s (256 MiB)\n", copy);
   const MatrixRate matrix = measure_bf16_matrix_rate(8192);
   std::printf("measured bf16 matrix rate: %.0f TFLOP/s (cuBLASLt %lld^3 GEMM, fp32 accumulation, %.3f ms)\n\n",

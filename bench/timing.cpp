@@ -5,6 +5,7 @@
 
 #include "core/cuda/cuda_check.h"
 #include "core/cuda/stream.h"
+#include "core/tensor.h"
 
 namespace scanline::bench {
 
@@ -28,6 +29,15 @@ double time_ms(const std::function<void()>& fn, int inner, int repeats, int warm
   CUDA_CHECK(cudaEventDestroy(stop));
   std::sort(samples.begin(), samples.end());
   return samples[samples.size() / 2];
+}
+
+double device_copy_gbps(size_t bytes) {
+  Tensor a = empty({int64_t(bytes)}, {.dtype = DType::b8, .device = Device::cuda(0)});
+  Tensor b = empty({int64_t(bytes)}, {.dtype = DType::b8, .device = Device::cuda(0)});
+  const double ms = time_ms([&] {
+    CUDA_CHECK(cudaMemcpyAsync(b.raw_data(), a.raw_data(), bytes, cudaMemcpyDeviceToDevice, cuda::current_stream()));
+  });
+  return 2.0 * double(bytes) / (ms * 1e-3) / 1e9;
 }
 
 bool print_table(const std::string& title, const std::vector<Row>& rows, double copy_gbps, double peak_tflops) {

@@ -1,6 +1,7 @@
 #pragma once
 // GPU timing for benchmarks: CUDA events around repeated launches on the current stream, the
 // median of several repetitions, and the table every benchmark prints.
+#include <cstddef>
 #include <functional>
 #include <string>
 #include <vector>
@@ -10,6 +11,10 @@ namespace scanline::bench {
 // Runs fn `warmup` times, then `repeats` timed batches of `inner` calls; returns the median
 // milliseconds per call.
 double time_ms(const std::function<void()>& fn, int inner = 10, int repeats = 5, int warmup = 3);
+
+// Read + write bytes per second of a device-to-device copy of `bytes` (256 MiB by default): the
+// bandwidth roofline the benchmarks report their ratios against, measured in the same run.
+double device_copy_gbps(size_t bytes = size_t(256) << 20);
 
 struct Row {
   std::string name;     // what ran, e.g. "add f32"
