@@ -1,5 +1,6 @@
 #include "models/language_model.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -14,24 +15,54 @@ Mamba2Config LanguageModelConfig::resolved_mamba2() const {
   return c;
 }
 
+AttentionConfig LanguageModelConfig::resolved_attention() const {
+  AttentionConfig c = attention;
+  c.d_model = d_model();
+  return c;
+}
+
+MlpConfig LanguageModelConfig::resolved_mlp() const {
+  MlpConfig c = mlp;
+  c.d_model = d_model();
+  return c;
+}
+
+int64_t LanguageModelConfig::count(char symbol) const {
+  return int64_t(std::count(pattern.begin(), pattern.end(), symbol));
+}
+
 void LanguageModelConfig::validate() const {
   SCANLINE_CHECK(vocab_size >= 1, "LanguageModel: vocab_size must be >= 1 but is ", vocab_size);
   SCANLINE_CHECK(pad_vocab_multiple >= 1, "LanguageModel: pad_vocab_multiple must be >= 1 but is ", pad_vocab_multiple);
   SCANLINE_CHECK(!pattern.empty(), "LanguageModel: the layer pattern is empty");
   for (size_t i = 0; i < pattern.size(); ++i)
-    SCANLINE_CHECK(pattern[i] == 'M', "LanguageModel: layer ", i, " of pattern \"", pattern, "\" is '", pattern[i],
-                   "'; this build has SSM blocks ('M') only (attention '*' and MLP '-' arrive with issue 7)");
+    SCANLINE_CHECK(pattern[i] == 'M' || pattern[i] == '*' || pattern[i] == '-', "LanguageModel: layer ", i,
+                   " of pattern \"", pattern, "\" is '", pattern[i],
+                   "'; the symbols are 'M' (SSM), '*' (attention) and '-' (MLP)");
   SCANLINE_CHECK(norm_eps > 0, "LanguageModel: norm_eps must be > 0 but is ", norm_eps);
+  SCANLINE_CHECK(d_model() > 0, "LanguageModel: the model width mamba.d_model must be positive but is ", d_model());
   SCANLINE_CHECK(ssm == "mamba1" || ssm == "mamba2", "LanguageModel: ssm must be \"mamba1\" or \"mamba2\" but is \"",
                  ssm, "\"");
+  // One width for the whole model: mamba.d_model, which the other blocks take unless they name the
+  // same one.
+  auto check_width = [&](int64_t width, const char* key) {
+    SCANLINE_CHECK(width == 0 || width == d_model(), "LanguageModel: ", key, " = ", width,
+                   " differs from the model width mamba.d_model = ", d_model(), " (leave ", key, " at 0)");
+  };
+  if (count('*') > 0) {
+    check_width(attention.d_model, "attention.d_model");
+    resolved_attention().validate();
+  }
+  if (count('-') > 0) {
+    check_width(mlp.d_model, "mlp.d_model");
+    resolved_mlp().validate();
+  }
+  if (count('M') == 0) return;  // the SSM settings are unused
   if (!is_mamba2()) {
     mamba.validate();
     return;
   }
-  // One width for the whole model: mamba.d_model, which mamba2 takes unless it names the same one.
-  SCANLINE_CHECK(mamba2.d_model == 0 || mamba2.d_model == mamba.d_model, "LanguageModel: mamba2.d_model = ",
-                 mamba2.d_model, " differs from the model width mamba.d_model = ", mamba.d_model,
-                 " (leave mamba2.d_model at 0)");
+  check_width(mamba2.d_model, "mamba2.d_model");
   resolved_mamba2().validate();
 }
 
@@ -42,10 +73,16 @@ const LanguageModelConfig& validated(const LanguageModelConfig& config) {
 }
 }  // namespace
 
-MambaBlock::MambaBlock(const LanguageModelConfig& config, Generator& gen, TensorOptions options)
-    : norm(config.d_model(), config.norm_eps, options) {
+Block::Block(char symbol_, const LanguageModelConfig& config, Generator& gen, TensorOptions options)
+    : symbol(symbol_), norm(config.d_model(), config.norm_eps, options) {
   register_module("norm", norm);
-  if (config.is_mamba2()) {
+  if (symbol == '*') {
+    attention = std::make_unique<Attention>(config.resolved_attention(), gen, options);
+    register_module("mixer", *attention);
+  } else if (symbol == '-') {
+    mlp = std::make_unique<Mlp>(config.resolved_mlp(), gen, options);
+    register_module("mlp", *mlp);
+  } else if (config.is_mamba2()) {
     mamba2 = std::make_unique<Mamba2Mixer>(config.resolved_mamba2(), gen, options);
     register_module("mixer", *mamba2);
   } else {
@@ -54,25 +91,35 @@ MambaBlock::MambaBlock(const LanguageModelConfig& config, Generator& gen, Tensor
   }
 }
 
-Tensor MambaBlock::mix(const Tensor& x, BlockState* state) const {
+Tensor Block::mix(const Tensor& x, BlockState* state) const {
+  if (mlp) return mlp->forward(x);
+  if (attention) return attention->forward(x, state ? &state->attention : nullptr);
   if (mamba2) return mamba2->forward(x, state ? &state->mamba2 : nullptr);
   return mamba1->forward(x, state ? &state->mamba : nullptr);
 }
 
-Tensor MambaBlock::mix_step(const Tensor& x, BlockState& state) const {
+Tensor Block::mix_step(const Tensor& x, BlockState& state) const {
+  if (mlp) return mlp->step(x);
+  if (attention) return attention->step(x, state.attention);
   return mamba2 ? mamba2->step(x, state.mamba2) : mamba1->step(x, state.mamba);
 }
 
-BlockState MambaBlock::initial_state(int64_t batch, DType dtype) const {
+BlockState Block::initial_state(int64_t batch, DType dtype, int64_t max_len) const {
   BlockState state;
-  if (mamba2)
+  if (attention)
+    state.attention = attention->initial_state(batch, dtype, max_len);
+  else if (mamba2)
     state.mamba2 = mamba2->initial_state(batch, dtype);
-  else
+  else if (mamba1)
     state.mamba = mamba1->initial_state(batch, dtype);
   return state;
 }
 
-Linear& MambaBlock::out_proj() { return mamba2 ? mamba2->out_proj : mamba1->out_proj; }
+Linear& Block::out_proj() {
+  if (mlp) return mlp->fc2;
+  if (attention) return attention->out_proj;
+  return mamba2 ? mamba2->out_proj : mamba1->out_proj;
+}
 
 LanguageModel::LanguageModel(const LanguageModelConfig& config, Generator& gen, TensorOptions options)
     : embedding(validated(config).padded_vocab(), config.d_model(), gen, options),
@@ -81,7 +128,7 @@ LanguageModel::LanguageModel(const LanguageModelConfig& config, Generator& gen, 
   register_module("embedding", embedding);
   const int64_t n_layers = int64_t(config.pattern.size());
   for (int64_t i = 0; i < n_layers; ++i) {
-    layers.push_back(std::make_unique<MambaBlock>(config, gen, options));
+    layers.push_back(std::make_unique<Block>(config.pattern[size_t(i)], config, gen, options));
     register_module("layers." + std::to_string(i), *layers.back());
   }
   register_module("norm_f", norm_f);
@@ -143,9 +190,9 @@ Tensor LanguageModel::step(const Tensor& tokens, LanguageModelState& state, DTyp
   return head(normed);
 }
 
-LanguageModelState LanguageModel::initial_state(int64_t batch, DType compute) const {
+LanguageModelState LanguageModel::initial_state(int64_t batch, DType compute, int64_t max_len) const {
   LanguageModelState state;
-  for (const auto& block : layers) state.layers.push_back(block->initial_state(batch, compute));
+  for (const auto& block : layers) state.layers.push_back(block->initial_state(batch, compute, max_len));
   return state;
 }
 
@@ -153,10 +200,11 @@ std::string LanguageModel::summary() const {
   std::ostringstream s;
   const LanguageModelConfig& c = config_;
   s << "LanguageModel: " << parameter_count() << " parameters, d_model " << c.d_model() << ", " << layers.size()
-    << " blocks \"" << c.pattern << "\", vocab " << c.vocab_size << " (padded to " << c.padded_vocab() << "), "
+    << " blocks \"" << c.pattern << "\" (" << c.count('M') << " SSM, " << c.count('*') << " attention, "
+    << c.count('-') << " MLP), vocab " << c.vocab_size << " (padded to " << c.padded_vocab() << "), "
     << (c.tie_embeddings ? "tied" : "untied") << " head\n";
   s << "  embedding      " << embedding.parameter_count() << "\n";
-  std::ostringstream mixer;
+  std::ostringstream mixer, attn, mlp;
   if (c.is_mamba2()) {
     const Mamba2Config m = c.resolved_mamba2();
     mixer << "mamba2, d_inner " << m.d_inner() << ", " << m.nheads() << " heads of " << m.headdim << ", d_state "
@@ -165,9 +213,17 @@ std::string LanguageModel::summary() const {
     mixer << "mamba1, d_inner " << c.mamba.d_inner() << ", d_state " << c.mamba.d_state
           << (c.mamba.selective ? "" : ", LTI");
   }
-  for (size_t i = 0; i < layers.size(); ++i)
-    s << "  layers." << i << (i < 10 ? "       " : "      ") << "M (" << mixer.str() << ") "
-      << layers[i]->parameter_count() << "\n";
+  const AttentionConfig a = c.resolved_attention();
+  attn << "attention, " << a.resolved_n_heads() << " heads of " << a.resolved_head_dim() << ", "
+       << a.resolved_n_kv_heads() << " kv heads" << (a.rope ? ", rope" : "");
+  const MlpConfig f = c.resolved_mlp();
+  mlp << "mlp " << f.kind << ", hidden " << f.resolved_hidden();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const char sym = layers[i]->symbol;
+    s << "  layers." << i << (i < 10 ? "       " : "      ") << sym << " ("
+      << (sym == '*' ? attn.str() : sym == '-' ? mlp.str() : mixer.str()) << ") " << layers[i]->parameter_count()
+      << "\n";
+  }
   s << "  norm_f         " << norm_f.parameter_count();
   if (lm_head) s << "\n  lm_head        " << lm_head->parameter_count();
   return s.str();

@@ -1,9 +1,10 @@
-// LanguageModel (models/language_model.h), with Mamba-1 and Mamba-2 blocks: parameter names and
-// the published init rescaling, logits of the full forward equal prefill + token-by-token step(),
-// a prefix prefill continued by forward() equals the whole forward, float64 gradcheck of a whole
-// tiny model, bad configs.
+// LanguageModel (models/language_model.h), with Mamba-1 and Mamba-2 blocks and attention / MLP
+// blocks (Transformer and hybrid patterns): parameter names and the published init rescaling,
+// logits of the full forward equal prefill + token-by-token step(), a prefix prefill continued by
+// forward() equals the whole forward, float64 gradcheck of a whole tiny model, bad configs.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -26,6 +27,8 @@ LanguageModelConfig tiny(const std::string& pattern = "MM") {
   c.mamba.d_model = 4;
   c.mamba.d_state = 3;
   c.mamba.expand = 2;
+  c.attention.n_heads = 2;  // heads of 2
+  c.mlp.hidden = 6;
   return c;
 }
 
@@ -41,6 +44,11 @@ LanguageModelConfig tiny2(const std::string& pattern = "MM", int64_t ngroups = 1
   c.mamba2.headdim = 4;
   c.mamba2.ngroups = ngroups;
   c.mamba2.chunk_size = 4;
+  c.attention.n_heads = 2;  // 2 query heads of 4 sharing one kv head, rotary
+  c.attention.n_kv_heads = 1;
+  c.attention.rope = true;
+  c.mlp.kind = "relu2";
+  c.mlp.hidden = 12;
   return c;
 }
 
@@ -197,9 +205,27 @@ TEST_CASE("a whole tiny LanguageModel passes float64 gradcheck w.r.t. every para
 
 TEST_CASE("LanguageModel rejects impossible configurations with a clear message") {
   Generator gen(1);
-  CHECK_THROWS_WITH_AS(LanguageModel(tiny("M*"), gen), doctest::Contains("layer 1 of pattern \"M*\" is '*'"), Error);
+  LanguageModelConfig c;
+  CHECK_THROWS_WITH_AS(LanguageModel(tiny("M+"), gen), doctest::Contains("layer 1 of pattern \"M+\" is '+'"), Error);
+  c = tiny("M*");
+  c.attention.n_kv_heads = 3;
+  CHECK_THROWS_WITH_AS(LanguageModel(c, gen), doctest::Contains("n_kv_heads must divide n_heads = 2, found 3"), Error);
+  c = tiny("M-");
+  c.mlp.kind = "swish";
+  CHECK_THROWS_WITH_AS(LanguageModel(c, gen), doctest::Contains("kind must be \"swiglu\""), Error);
+  c = tiny("*");
+  c.attention.d_model = 8;
+  CHECK_THROWS_WITH_AS(LanguageModel(c, gen), doctest::Contains("attention.d_model = 8 differs from the model width"),
+                       Error);
+  // A Transformer ignores the SSM settings, an SSM model the attention ones.
+  c = tiny("*-");
+  c.mamba.d_state = 0;
+  c.validate();
+  c = tiny("MM");
+  c.attention.n_heads = 3;
+  c.validate();
   CHECK_THROWS_WITH_AS(LanguageModel(tiny(""), gen), doctest::Contains("pattern is empty"), Error);
-  LanguageModelConfig c = tiny();
+  c = tiny();
   c.vocab_size = 0;
   CHECK_THROWS_WITH_AS(LanguageModel(c, gen), doctest::Contains("vocab_size"), Error);
   c = tiny();
@@ -221,9 +247,84 @@ TEST_CASE("LanguageModel rejects impossible configurations with a clear message"
   c.validate();
   c = tiny2();
   c.mamba.d_model = 0;
-  CHECK_THROWS_WITH_AS(LanguageModel(c, gen), doctest::Contains("Mamba2Config: d_model must be positive"), Error);
+  CHECK_THROWS_WITH_AS(LanguageModel(c, gen), doctest::Contains("the model width mamba.d_model must be positive"), Error);
   // A mamba2 model ignores the mamba1 settings it does not use.
   c = tiny2();
   c.mamba.d_state = 0;
   c.validate();
+}
+
+TEST_CASE("LanguageModel builds attention and MLP blocks under mamba_ssm's names") {
+  Generator gen(2);
+  LanguageModel lm(tiny("M*-"), gen);
+  REQUIRE(lm.layers[1]->attention);
+  REQUIRE(lm.layers[2]->mlp);
+  CHECK(lm.layers[1]->symbol == '*');
+  std::vector<std::string> names;
+  for (const NamedParameter& p : lm.named_parameters()) names.push_back(p.name);
+  for (const char* name : {"layers.1.norm.weight", "layers.1.mixer.in_proj.weight", "layers.1.mixer.out_proj.weight",
+                           "layers.2.norm.weight", "layers.2.mlp.fc1.weight", "layers.2.mlp.fc2.weight"})
+    CHECK(std::find(names.begin(), names.end(), name) != names.end());
+  // attention: in_proj 4·(2 + 2·2)·2, out_proj 4·4; swiglu MLP: fc1 4·12, fc2 6·4; norms 4 each.
+  CHECK(lm.layers[1]->parameter_count() == 4 + 4 * 12 + 16);
+  CHECK(lm.layers[2]->parameter_count() == 4 + 4 * 12 + 6 * 4);
+  const std::string summary = lm.summary();
+  CHECK(summary.find("3 blocks \"M*-\" (1 SSM, 1 attention, 1 MLP)") != std::string::npos);
+  CHECK(summary.find("* (attention, 2 heads of 2, 2 kv heads)") != std::string::npos);
+  CHECK(summary.find("- (mlp swiglu, hidden 6)") != std::string::npos);
+  const LanguageModelState zero = lm.initial_state(2, DType::f32, 10);
+  CHECK(zero.layers[1].attention.capacity() == 10);
+  CHECK(!zero.layers[1].mamba.ssm_state.defined());
+  CHECK(!zero.layers[2].attention.k_cache.defined());
+}
+
+TEST_CASE("LanguageModel rescales attention's out_proj and the MLP's fc2 by 1/sqrt(n_layers) at init") {
+  // The same seed draws the same first block; in a 4-block model its projection is / 2.
+  for (const std::string first : {"*", "-"}) {
+    INFO("block ", first);
+    Generator g1(5), g4(5);
+    LanguageModel a(tiny(first), g1), b(tiny(first + "MMM"), g4);
+    Linear& pa = a.layers[0]->out_proj();
+    Linear& pb = b.layers[0]->out_proj();
+    CHECK(&pb == (first == "*" ? &b.layers[0]->attention->out_proj : &b.layers[0]->mlp->fc2));
+    const std::vector<double> wa = pa.weight.to_double_vector(), wb = pb.weight.to_double_vector();
+    REQUIRE(wa.size() == wb.size());
+    for (size_t i = 0; i < wa.size(); ++i) CHECK(wb[i] == doctest::Approx(wa[i] / 2.0).epsilon(1e-6));
+  }
+}
+
+TEST_CASE("Transformer and hybrid LanguageModels: step() after a prefill reproduces the full logits") {
+  for (DType dtype : {DType::f64, DType::f32})
+    for (const std::string pattern : {"*-*-", "M-M-M*-M-"}) {
+      const TensorOptions options{.dtype = dtype == DType::f64 ? DType::f64 : DType::f32};
+      {
+        INFO("mamba1 ", pattern, " dtype ", dtype);
+        Generator gen(3);
+        LanguageModel lm(tiny(pattern), gen, options);
+        check_step_matches_forward(lm, dtype);
+      }
+      {
+        INFO("mamba2 ", pattern, " dtype ", dtype);
+        Generator gen(4);
+        LanguageModel lm(tiny2(pattern), gen, options);
+        check_step_matches_forward(lm, dtype);
+      }
+    }
+}
+
+TEST_CASE("a tiny hybrid LanguageModel passes float64 gradcheck w.r.t. every parameter") {
+  // tiny2's relu2 MLP has a kink in its second derivative at 0, which a finite difference straddles
+  // when a pre-activation lies within eps·|dz/dθ| of it (seed 12 has one at 4e-5): a smooth GELU
+  // here; relu2's gradient is checked in test_mlp.cpp.
+  LanguageModelConfig hybrid2 = tiny2("M*-");
+  hybrid2.mlp.kind = "gelu";
+  for (const LanguageModelConfig& config : {tiny("M*-"), hybrid2}) {
+    INFO("ssm ", config.ssm);
+    Generator gen(12);
+    LanguageModel lm(config, gen, {.dtype = DType::f64});
+    std::vector<Tensor> inputs;
+    for (const NamedParameter& p : lm.named_parameters()) inputs.push_back(p.tensor);
+    const Tensor tokens = tokens_of({1, 4, 9, 2, 0, 10, 3, 3}, 2);
+    check_gradients([&](const std::vector<Tensor>&) { return lm.forward(tokens, DType::f64); }, inputs);
+  }
 }
