@@ -183,6 +183,31 @@ TEST_CASE("a Mamba-2 model trains: finite losses that fall") {
   CHECK(parse_run_config(saved, "saved") == trainer.config());
 }
 
+TEST_CASE("a hybrid of Mamba-2, attention and MLP blocks trains from the config's pattern") {
+  QuietLog quiet;
+  TempDir dir;
+  // d_model 16: attention in 2 heads of 8 with 1 kv head and RoPE; a gelu MLP of width 48.
+  Trainer trainer(tiny_config(dir.sub("run"), {"model.ssm=mamba2", "model.d_state=8", "model.headdim=8",
+                                               "model.chunk_size=8", "model.pattern=M*-M-", "model.n_heads=2",
+                                               "model.n_kv_heads=1", "model.rope=true", "model.mlp=gelu",
+                                               "model.mlp_hidden=48", "data.seq_len=16", "train.steps=10",
+                                               "schedule.warmup_steps=0", "eval.every=0", "checkpoint.every=0"}));
+  const LanguageModelConfig& lm = trainer.model().config();
+  CHECK(lm.pattern == "M*-M-");
+  CHECK(lm.attention.n_heads == 2);
+  CHECK(lm.attention.n_kv_heads == 1);
+  CHECK(lm.attention.rope);
+  CHECK(lm.mlp.kind == "gelu");
+  CHECK(lm.mlp.hidden == 48);
+  TrainResult r = trainer.run();
+  REQUIRE(r.steps.size() == 10);
+  const std::vector<double> l = losses(r);
+  for (double loss : l) CHECK(std::isfinite(loss));
+  CHECK(mean(l, 7, 10) < mean(l, 0, 3));
+  const std::string saved = read_text(fs::path(dir.sub("run")) / "config.yaml");
+  CHECK(parse_run_config(saved, "saved") == trainer.config());
+}
+
 TEST_CASE("an interrupted run resumed from its checkpoint continues bit-exactly") {
   QuietLog quiet;
   TempDir dir;

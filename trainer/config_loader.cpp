@@ -198,6 +198,14 @@ std::string check_task(const std::string& task) {
          join(tasks) + ")";
 }
 
+std::string check_mlp_kind(const std::string& kind) {
+  static const std::vector<std::string> kinds = {"swiglu", "gelu", "relu2"};
+  if (std::find(kinds.begin(), kinds.end(), kind) != kinds.end()) return "";
+  std::string hint = config_detail::suggest(kind, kinds);
+  return "unknown MLP kind '" + kind + "'" + (hint.empty() ? "" : "; did you mean '" + hint + "'?") + " (kinds: " +
+         join(kinds) + ")";
+}
+
 std::string check_dataset(const std::string& path) {
   if (path.empty()) return "";
   std::error_code ec;
@@ -235,6 +243,13 @@ const std::vector<Field>& schema() {
       int_field("model", "headdim", &R::model, &MC::headdim, 1),
       int_field("model", "ngroups", &R::model, &MC::ngroups, 1),
       int_field("model", "chunk_size", &R::model, &MC::chunk_size, 1),
+      int_field("model", "n_heads", &R::model, &MC::n_heads, 0),
+      int_field("model", "n_kv_heads", &R::model, &MC::n_kv_heads, 0),
+      int_field("model", "head_dim", &R::model, &MC::head_dim, 0),
+      bool_field("model", "rope", &R::model, &MC::rope),
+      real_field("model", "rope_theta", &R::model, &MC::rope_theta, kPositive),
+      string_field("model", "mlp", &R::model, &MC::mlp, check_mlp_kind),
+      int_field("model", "mlp_hidden", &R::model, &MC::mlp_hidden, 0),
       bool_field("model", "tie_embeddings", &R::model, &MC::tie_embeddings),
       real_field("model", "norm_eps", &R::model, &MC::norm_eps, kPositive),
       string_field("data", "task", &R::data, &DC::task, check_task),

@@ -17,12 +17,6 @@ LanguageModelConfig language_model_config(const RunConfig& config) {
   if (m.ssm == SsmKind::mamba2 && !m.selective)
     config_problem(config, "model.selective", "applies to ssm mamba1 only (Mamba-2 is always selective)");
   const std::string pattern = m.layer_pattern();
-  const std::string pattern_key = m.pattern.empty() ? "model.n_layers" : "model.pattern";
-  for (char symbol : pattern)
-    if (symbol != 'M')
-      config_problem(config, pattern_key,
-                     "\"" + pattern + "\" has a '" + std::string(1, symbol) +
-                         "' block; attention ('*') and MLP ('-') blocks arrive with issue 7, this build has 'M' only");
   LanguageModelConfig lm;
   lm.vocab_size = m.vocab_size;
   lm.pattern = pattern;
@@ -42,6 +36,15 @@ LanguageModelConfig language_model_config(const RunConfig& config) {
     lm.mamba2.ngroups = m.ngroups;
     lm.mamba2.chunk_size = m.chunk_size;
   }
+  lm.attention.d_model = m.d_model;
+  lm.attention.n_heads = m.n_heads;
+  lm.attention.n_kv_heads = m.n_kv_heads;
+  lm.attention.head_dim = m.head_dim;
+  lm.attention.rope = m.rope;
+  lm.attention.rope_theta = m.rope_theta;
+  lm.mlp.d_model = m.d_model;
+  lm.mlp.kind = m.mlp;
+  lm.mlp.hidden = m.mlp_hidden;
   lm.tie_embeddings = m.tie_embeddings;
   lm.norm_eps = m.norm_eps;
   try {

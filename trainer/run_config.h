@@ -69,6 +69,17 @@ struct ModelConfig {
   int64_t headdim = 64;
   int64_t ngroups = 1;
   int64_t chunk_size = 256;
+  // Attention blocks ('*'): heads (0: d_model / 64), kv heads (0: n_heads), head size (0:
+  // d_model / n_heads; the CUDA kernels take 64 or 128), rotary embeddings.
+  int64_t n_heads = 0;
+  int64_t n_kv_heads = 0;
+  int64_t head_dim = 0;
+  bool rope = false;
+  double rope_theta = 10000.0;
+  // MLP blocks ('-'): swiglu, gelu or relu2; hidden width (0: 8/3 d_model rounded up to 64 for
+  // swiglu, 4 d_model otherwise).
+  std::string mlp = "swiglu";
+  int64_t mlp_hidden = 0;
   bool tie_embeddings = true;
   double norm_eps = 1e-5;
 
