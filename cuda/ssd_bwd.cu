@@ -7,7 +7,8 @@
 //               G_c = Σ_i exp(a_i) dy_i ⊗ C_i on tensor cores (cuda/ssd_bwd_gate.cu).
 //   3. reverse  one block per (batch, head, slice of P·N): the state gradient, last chunk to first:
 //               Dout_c = d loss / d H_{c+1} (grad_final_state for the last), Dout_{c−1} =
-//               exp(a_last) Dout_c + G_c (in place of G), d initial_state, and per slice
+//               exp(a_last) Dout_c + G_c (in place of G, both stored in the inputs' dtype),
+//               d initial_state, and per slice
 //               exp(a_last) ⟨H_c, Dout_c⟩ (the incoming state's part of d loss / d a_last).
 //   4. dx       per (tile J of 64 source steps, chunk, group, tile of heads): dx, dB, the direct
 //               part of dΔ (x·dxs), w_j, the row and column sums of T_ij, dD partials
@@ -88,9 +89,28 @@ __device__ __forceinline__ float4 axpy4(float a, float4 x, float4 y) {
   return make_float4(a * x.x + y.x, a * x.y + y.y, a * x.z + y.z, a * x.w + y.w);
 }
 
+// 4 consecutive values of T as floats, and back.
+__device__ __forceinline__ float4 load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 load4(const bf16* p) {
+  const uint2 raw = *reinterpret_cast<const uint2*>(p);
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+__device__ __forceinline__ void store4(float* p, float4 v) { *reinterpret_cast<float4*>(p) = v; }
+__device__ __forceinline__ void store4(bf16* p, float4 v) {
+  const __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+  uint2 raw;
+  raw.x = *reinterpret_cast<const uint32_t*>(&a);
+  raw.y = *reinterpret_cast<const uint32_t*>(&b);
+  *reinterpret_cast<uint2*>(p) = raw;
+}
+
 // A thread owns 4 consecutive values of P·N; the loads of chunk c − 1 are issued before chunk c's
-// block reduction so that they overlap it.
-__global__ void __launch_bounds__(kReverseThreads) ssd_bwd_reverse_kernel(const ReverseParams p) {
+// block reduction so that they overlap it. The recurrence and the dot run in f32 on the unrounded
+// Dout; only what is stored is rounded to T.
+template <typename T>
+__global__ void __launch_bounds__(kReverseThreads) ssd_bwd_reverse_kernel(const ReverseParams<T> p) {
   __shared__ float scratch[32];
   const Dims& d = p.d;
   const int64_t slice = int64_t(blockIdx.x) % p.slices, bh = int64_t(blockIdx.x) / p.slices;
@@ -99,21 +119,21 @@ __global__ void __launch_bounds__(kReverseThreads) ssd_bwd_reverse_kernel(const 
   const bool active = k < p.PN;
   const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
   auto slot = [&](int64_t c) { return ((b * d.n_chunks + c) * d.heads + h) * p.PN + k; };
-  float4 dv = active && p.grad_final ? *reinterpret_cast<const float4*>(p.grad_final + bh * p.PN + k) : zero4;
+  float4 dv = active && p.grad_final ? load4(p.grad_final + bh * p.PN + k) : zero4;
   float4 G = zero4, Hc = zero4;
   if (active) {
-    G = *reinterpret_cast<const float4*>(p.dout + slot(d.n_chunks - 1));
-    Hc = *reinterpret_cast<const float4*>(p.states + slot(d.n_chunks - 1));
+    G = load4(p.dout + slot(d.n_chunks - 1));
+    Hc = load4(p.states + slot(d.n_chunks - 1));
   }
   for (int64_t c = d.n_chunks - 1; c >= 0; --c) {
     float4 G_next = zero4, H_next = zero4;
     if (active && c > 0) {
-      G_next = *reinterpret_cast<const float4*>(p.dout + slot(c - 1));
-      H_next = *reinterpret_cast<const float4*>(p.states + slot(c - 1));
+      G_next = load4(p.dout + slot(c - 1));
+      H_next = load4(p.states + slot(c - 1));
     }
     const int64_t r = (b * d.n_chunks + c) * d.heads + h;
     const float decay = exp2_approx(p.a2[r * d.Q + d.Q - 1]);
-    if (active) *reinterpret_cast<float4*>(p.dout + slot(c)) = dv;
+    if (active) store4(p.dout + slot(c), dv);
     float dot = ((Hc.x * dv.x + Hc.y * dv.y) + Hc.z * dv.z) + Hc.w * dv.w;
     dot = block_sum(dot, scratch);
     if (threadIdx.x == 0) p.q_part[r * p.slices + slice] = decay * dot;
@@ -121,7 +141,7 @@ __global__ void __launch_bounds__(kReverseThreads) ssd_bwd_reverse_kernel(const 
     G = G_next;
     Hc = H_next;
   }
-  if (active && p.dinit) *reinterpret_cast<float4*>(p.dinit + bh * p.PN + k) = dv;
+  if (active && p.dinit) store4(p.dinit + bh * p.PN + k, dv);
 }
 
 // ---- 6. d loss / d a, its suffix sums, dΔ, d dt ------------------------------------------------
@@ -253,9 +273,10 @@ void launch_cumsum(const CumsumParams<T>& p, cudaStream_t stream) {
   CUDA_CHECK_LAUNCH("ssd backward cumsum");
 }
 
-void launch_reverse(const ReverseParams& p, cudaStream_t stream) {
+template <typename T>
+void launch_reverse(const ReverseParams<T>& p, cudaStream_t stream) {
   const int64_t blocks = p.d.batch * p.d.heads * p.slices;
-  ssd_bwd_reverse_kernel<<<unsigned(blocks), kReverseThreads, 0, stream>>>(p);
+  ssd_bwd_reverse_kernel<T><<<unsigned(blocks), kReverseThreads, 0, stream>>>(p);
   CUDA_CHECK_LAUNCH("ssd backward reverse");
 }
 
@@ -346,11 +367,14 @@ SsdBackwardResult ssd_bwd(const Tensor& x, const Tensor& dt, const Tensor& A, co
   r.z = wanted(6, z, x.shape(), input_opts);
   r.dt_bias = wanted(7, dt_bias, {H}, param_opts);
   r.initial_state = wanted(8, initial_state, state_shape, param_opts);
-  if (batch == 0) {  // no terms: the summed gradients are zeros, the rest is empty
+  if (batch == 0 || H == 0) {  // no terms: the summed gradients are zeros, the rest is empty
     for (const Tensor* t : {&r.A, &r.D, &r.dt_bias})
       if (t->defined()) fill_(*t, 0.0);
     return r;
   }
+  bool any = false;
+  for (const Tensor* t : {&r.x, &r.dt, &r.A, &r.B, &r.C, &r.D, &r.z, &r.dt_bias, &r.initial_state}) any |= t->defined();
+  if (!any) return r;
   const bool need_g = r.dt.defined() || r.A.defined() || r.dt_bias.defined();
   const bool run_dx = r.x.defined() || r.B.defined() || r.D.defined() || need_g;
   const bool run_dc = r.C.defined() || need_g;
@@ -383,7 +407,7 @@ SsdBackwardResult ssd_bwd(const Tensor& x, const Tensor& dt, const Tensor& A, co
 
   // Workspaces.
   const Tensor delta = empty({rows, Q}, f32), a2 = empty({rows, Q}, f32);
-  const Tensor dout = empty({rows, P, N}, f32), q_part = empty({rows, slices}, f32);
+  const Tensor dout = empty({rows, P, N}, input_opts), q_part = empty({rows, slices}, f32);  // see ReverseParams
   // The gate's output dy in f32 (see GateParams in cuda/ssd_bwd_common.cuh).
   const Tensor dy_gated = z.defined() ? empty(x.shape(), f32) : Tensor();
   const Tensor ddir = need_g ? empty({rows, Q}, f32) : Tensor(), w = need_g ? empty({rows, Q}, f32) : Tensor();
@@ -414,10 +438,10 @@ SsdBackwardResult ssd_bwd(const Tensor& x, const Tensor& dt, const Tensor& A, co
     launch_cumsum(cp, stream);
 
     GateParams<T, TY> gp{gyr, zr, yur, Cr, ptr_or_null<TY>(dy_gated), need_dz ? ptr_or_null<T>(r.z) : nullptr,
-                     data_at<const float>(a2), data_at<float>(dout), dims};
+                     data_at<const float>(a2), data_at<T>(dout), dims};
     launch_gate(gp, P, N, stream);
 
-    ReverseParams rp{data_at<float>(dout), data_at<const float>(states), ptr_or_null<const float>(gf),
+    ReverseParams<T> rp{data_at<T>(dout), data_at<const float>(states), ptr_or_null<const float>(gf),
                      data_at<const float>(a2), data_at<float>(q_part), ptr_or_null<float>(r.initial_state), PN, slices,
                      dims};
     launch_reverse(rp, stream);
@@ -430,7 +454,7 @@ SsdBackwardResult ssd_bwd(const Tensor& x, const Tensor& dt, const Tensor& A, co
       xp.C = Cr;
       xp.delta = data_at<const float>(delta);
       xp.a2 = data_at<const float>(a2);
-      xp.dout = data_at<const float>(dout);
+      xp.dout = data_at<const T>(dout);
       xp.D = ptr_or_null<const float>(D_d);
       xp.D_per_channel = D.defined() && D.dim() == 2;
       xp.dout_vec = true;  // a fresh workspace

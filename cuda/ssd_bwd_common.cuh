@@ -81,13 +81,16 @@ struct GateParams {
   TY* dy;                      // (batch, L, heads, P) contiguous, null without a gate
   T* dz;                       // (batch, L, heads, P) contiguous or null
   const float* a2;
-  float* G;                    // (rows, P, N)
+  T* G;                        // (rows, P, N)
   Dims d;
 };
 
-// Pass 3: the state gradient across chunks, last to first.
+// Pass 3: the state gradient across chunks, last to first. G_c and Dout_c are stored in the
+// inputs' dtype T (half the memory of f32 for bf16, the size of one chunk_states): the tile
+// kernels use Dout_c as a bf16 operand anyway, and the recurrence itself runs in f32 registers.
+template <typename T>
 struct ReverseParams {
-  float* dout;                 // (rows, P·N): G_c in, Dout_c = d loss / d H_{c+1} out
+  T* dout;                     // (rows, P·N): G_c in, Dout_c = d loss / d H_{c+1} out
   const float* states;         // (rows, P·N): H_c, the state entering chunk c
   const float* grad_final;     // (batch, heads, P·N) or null (zeros)
   const float* a2;
@@ -102,7 +105,8 @@ template <typename T, typename TY>
 struct DxParams {
   Rows<T> x, B, C;
   Rows<TY> dy;                 // d loss / d (ungated y)
-  const float *delta, *a2, *dout;
+  const float *delta, *a2;
+  const T* dout;               // (rows, P, N)
   const float* D;              // null, (heads) or (heads, P)
   bool D_per_channel, dout_vec;
   T* dx;                       // (batch, L, heads, P) or null
@@ -147,7 +151,7 @@ struct FinalParams {
 template <typename T> void launch_cumsum(const CumsumParams<T>& p, cudaStream_t stream);
 // (T, TY): (float, float), (bf16, bf16) and (bf16, float) are compiled.
 template <typename T, typename TY> void launch_gate(const GateParams<T, TY>& p, int64_t P, int64_t N, cudaStream_t stream);
-void launch_reverse(const ReverseParams& p, cudaStream_t stream);
+template <typename T> void launch_reverse(const ReverseParams<T>& p, cudaStream_t stream);
 template <typename T, typename TY> void launch_dx(const DxParams<T, TY>& p, int64_t P, int64_t N, cudaStream_t stream);
 template <typename T, typename TY> void launch_dc(const DcParams<T, TY>& p, int64_t P, int64_t N, cudaStream_t stream);
 template <typename T> void launch_final(const FinalParams<T>& p, cudaStream_t stream);
@@ -287,27 +291,133 @@ __device__ __forceinline__ void put8(const STile<kS>& t, int row, int col, const
   if constexpr (kS) *reinterpret_cast<uint4*>(t.lo + row * t.ld + col) = l;
 }
 
-// Rows [0, rows) of a tile of kCols columns: row r from src + r·row_stride (kCols contiguous
-// values; 16-byte aligned when vec), times scale[r] when scale is given, zeros from row `valid`
-// on (their source is not read). All threads of the block take part; the caller synchronizes.
-template <bool kS, int kCols, typename Src>
-__device__ __forceinline__ void stage(const STile<kS>& t, const Src* src, int64_t row_stride, int rows, int valid,
-                                      bool vec, const float* scale = nullptr) {
+// v, hidden from the optimizer: the addresses a thread derives from it are recomputed where they are
+// used instead of being hoisted out of the kernels' loops (which keeps dozens of them live across
+// the products, and spills).
+__device__ __forceinline__ int opaque(int v) {
+  asm volatile("" : "+r"(v));
+  return v;
+}
+
+// cp.async of 16 bytes global -> shared, or 16 zero bytes when !valid (the source is then not read).
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(mma::smem_address(dst)), "l"(src),
+               "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits for this thread's cp.async copies; the caller then synchronizes the block.
+__device__ __forceinline__ void stage_wait() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+// 16 bytes of a row as loaded: one vector of 8 bf16, or two of 4 floats.
+template <typename Src>
+struct Raw8 {
+  uint4 v;
+};
+template <>
+struct Raw8<float> {
+  float4 a, b;
+};
+template <typename Src>
+__device__ __forceinline__ Raw8<Src> load_raw8(const Src* p) {
+  Raw8<Src> r;
+  if constexpr (std::is_same_v<Src, float>) {
+    r.a = reinterpret_cast<const float4*>(p)[0];
+    r.b = reinterpret_cast<const float4*>(p)[1];
+  } else {
+    r.v = *reinterpret_cast<const uint4*>(p);
+  }
+  return r;
+}
+template <typename Src>
+__device__ __forceinline__ void raw_to_floats(const Raw8<Src>& r, float (&v)[8]) {
+  if constexpr (std::is_same_v<Src, float>) {
+    v[0] = r.a.x, v[1] = r.a.y, v[2] = r.a.z, v[3] = r.a.w, v[4] = r.b.x, v[5] = r.b.y, v[6] = r.b.z, v[7] = r.b.w;
+  } else {
+    const __nv_bfloat162* e = reinterpret_cast<const __nv_bfloat162*>(&r.v);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const float2 f = __bfloat1622float2(e[k]);
+      v[2 * k] = f.x;
+      v[2 * k + 1] = f.y;
+    }
+  }
+}
+
+// Rows [0, kTileRows) of a tile of kCols columns, staged by the kThreads threads of the block: row
+// r from src + r·row_stride (kCols contiguous values; each row 16-byte aligned when vec), times
+// scale[r] when scale is given, zeros from row `valid` on (their source is not read). A bf16 tile
+// copied as is goes through cp.async; everything else through registers, a batch of loads in
+// flight before any is converted. The caller runs stage_wait() and __syncthreads() before use.
+template <bool kS, int kTileRows, int kCols, int kThreads, typename Src>
+__device__ __forceinline__ void stage(const STile<kS>& t, const Src* src, int64_t row_stride, int valid, bool vec,
+                                      const float* scale = nullptr) {
   static_assert(kCols % 16 == 0, "tiles have a multiple of 16 columns");
-  constexpr int kVecs = kCols / 8;
-  for (int idx = int(threadIdx.x); idx < rows * kVecs; idx += int(blockDim.x)) {
+  constexpr int kVecs = kCols / 8, kTotal = kTileRows * kVecs;
+  constexpr int kIters = (kTotal + kThreads - 1) / kThreads;
+  const int tid = opaque(int(threadIdx.x));
+  if constexpr (std::is_same_v<Src, bf16> && !kS) {
+    if (vec && scale == nullptr) {
+#pragma unroll
+      for (int it = 0; it < kIters; ++it) {
+        const int idx = tid + it * kThreads;
+        if (kTotal % kThreads == 0 || idx < kTotal) {
+          const int r = idx / kVecs, col = idx % kVecs * 8;
+          const bool in = r < valid;
+          cp_async16(t.hi + r * t.ld + col, src + int64_t(in ? r : 0) * row_stride + col, in);
+        }
+      }
+      cp_async_commit();
+      return;
+    }
+  }
+  if (vec) {
+    constexpr int kBatch = std::is_same_v<Src, float> ? 4 : 8;  // loads in flight a thread
+#pragma unroll
+    for (int it0 = 0; it0 < kIters; it0 += kBatch) {
+      Raw8<Src> raw[kBatch];
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k) {
+        const int idx = tid + (it0 + k) * kThreads;
+        if (it0 + k < kIters && (kTotal % kThreads == 0 || idx < kTotal) && idx / kVecs < valid)
+          raw[k] = load_raw8(src + int64_t(idx / kVecs) * row_stride + idx % kVecs * 8);
+      }
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k) {
+        const int idx = tid + (it0 + k) * kThreads;
+        if (it0 + k < kIters && (kTotal % kThreads == 0 || idx < kTotal)) {
+          const int r = idx / kVecs, col = idx % kVecs * 8;
+          float v[8];
+          if (r < valid) {
+            raw_to_floats(raw[k], v);
+            if (scale != nullptr) {
+              const float s = scale[r];
+#pragma unroll
+              for (int e = 0; e < 8; ++e) v[e] *= s;
+            }
+          } else {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) v[e] = 0.0f;
+          }
+          put8(t, r, col, v);
+        }
+      }
+    }
+    return;
+  }
+  for (int idx = tid; idx < kTotal; idx += kThreads) {  // misaligned rows: element loads
     const int r = idx / kVecs, col = idx % kVecs * 8;
     float v[8];
     if (r < valid) {
-      load8(src + int64_t(r) * row_stride + col, vec, v);
+      load8(src + int64_t(r) * row_stride + col, false, v);
       if (scale != nullptr) {
         const float s = scale[r];
 #pragma unroll
-        for (int k = 0; k < 8; ++k) v[k] *= s;
+        for (int e = 0; e < 8; ++e) v[e] *= s;
       }
     } else {
 #pragma unroll
-      for (int k = 0; k < 8; ++k) v[k] = 0.0f;
+      for (int e = 0; e < 8; ++e) v[e] = 0.0f;
     }
     put8(t, r, col, v);
   }

@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_dc_kernel(const DcParams<T, 
   const int rl0 = 16 * warp + g, rl1 = rl0 + 8;  // this lane's rows of the tile
   const int ir0 = i0 + rl0, ir1 = i0 + rl1;      // ... and of the chunk
 
-  stage<kS, N>(sC, p.C.at(b, t0 + i0, grp), p.C.st, kRows, valid_i, p.C.vec);
+  stage<kS, kRows, N, kThreads>(sC, p.C.at(b, t0 + i0, grp), p.C.st, valid_i, p.C.vec);
   if (p.need_C) {
     const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     for (int nt = 0; nt < NTN; ++nt) acc_dC[(warp * NTN + nt) * 32 + lane] = zero4;
@@ -77,12 +77,13 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_dc_kernel(const DcParams<T, 
   for (int64_t h = h_begin; h < h_end; ++h) {
     const int64_t r = (b * d.n_chunks + c) * d.heads + h;
     __syncthreads();  // the previous head is done with sY, s_a2, s_delta and the union
-    stage<kYS, P>(sY, p.dy.at(b, t0 + i0, h), p.dy.st, kRows, valid_i, p.dy.vec);
-    stage<true, N>(sH, p.states + r * P * N, N, P, P, p.states_vec);
+    stage<kYS, kRows, P, kThreads>(sY, p.dy.at(b, t0 + i0, h), p.dy.st, valid_i, p.dy.vec);
+    stage<true, P, N, kThreads>(sH, p.states + r * P * N, N, P, p.states_vec);
     for (int k = tid; k < d.Q; k += kThreads) {
       s_a2[k] = p.a2[r * d.Q + k];
       s_delta[k] = p.delta[r * d.Q + k];
     }
+    stage_wait();
     __syncthreads();
     const float a2i0 = s_a2[ir0], a2i1 = s_a2[ir1];
 
@@ -103,8 +104,9 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_dc_kernel(const DcParams<T, 
 
     for (int J = 0; J <= I; ++J) {
       const int j0 = J * kRows, valid_j = min(kRows, len - j0);
-      stage<kS, P>(sX, p.x.at(b, t0 + j0, h), p.x.st, kRows, valid_j, p.x.vec);
-      stage<kS, N>(sB, p.B.at(b, t0 + j0, grp), p.B.st, kRows, valid_j, p.B.vec);
+      stage<kS, kRows, P, kThreads>(sX, p.x.at(b, t0 + j0, h), p.x.st, valid_j, p.x.vec);
+      stage<kS, kRows, N, kThreads>(sB, p.B.at(b, t0 + j0, grp), p.B.st, valid_j, p.B.vec);
+      stage_wait();
       __syncthreads();
       float m[8][4];  // rows i of the strip, columns j of tile J
       zero(m);

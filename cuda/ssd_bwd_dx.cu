@@ -99,7 +99,7 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_dx_kernel(const DxParams<T, 
   const int rl0 = 16 * warp + g, rl1 = rl0 + 8;  // this lane's rows of the tile
   const int jr0 = j0 + rl0, jr1 = j0 + rl1;      // ... and of the chunk
 
-  stage<kS, N>(sB, p.B.at(b, t0 + j0, grp), p.B.st, kRows, valid_j, p.B.vec);
+  stage<kS, kRows, N, kThreads>(sB, p.B.at(b, t0 + j0, grp), p.B.st, valid_j, p.B.vec);
   if (p.need_B) {
     const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     for (int nt = 0; nt < NTN; ++nt) acc_dB[(warp * NTN + nt) * 32 + lane] = zero4;
@@ -108,12 +108,13 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_dx_kernel(const DxParams<T, 
   for (int64_t h = h_begin; h < h_end; ++h) {
     const int64_t r = (b * d.n_chunks + c) * d.heads + h;
     __syncthreads();  // the previous head is done with sX, s_a2, s_delta, the union and s_dD
-    stage<kS, P>(sX, p.x.at(b, t0 + j0, h), p.x.st, kRows, valid_j, p.x.vec);
-    stage<kS, N>(sD, p.dout + r * P * N, N, P, P, p.dout_vec);
+    stage<kS, kRows, P, kThreads>(sX, p.x.at(b, t0 + j0, h), p.x.st, valid_j, p.x.vec);
+    stage<kS, P, N, kThreads>(sD, p.dout + r * P * N, N, P, p.dout_vec);
     for (int k = tid; k < d.Q; k += kThreads) {
       s_a2[k] = p.a2[r * d.Q + k];
       s_delta[k] = p.delta[r * d.Q + k];
     }
+    stage_wait();
     __syncthreads();
     const float a2_last = s_a2[d.Q - 1];
     const float a2j0 = s_a2[jr0], a2j1 = s_a2[jr1], dl0 = s_delta[jr0], dl1 = s_delta[jr1];
@@ -148,8 +149,9 @@ __global__ void __launch_bounds__(kThreads) ssd_bwd_dx_kernel(const DxParams<T, 
 
     for (int I = J; I < d.tiles && I * kRows < len; ++I) {
       const int i0 = I * kRows, valid_i = min(kRows, len - i0);
-      stage<kS, N>(sC, p.C.at(b, t0 + i0, grp), p.C.st, kRows, valid_i, p.C.vec);
-      stage<kYS, P>(sY, p.dy.at(b, t0 + i0, h), p.dy.st, kRows, valid_i, p.dy.vec);
+      stage<kS, kRows, N, kThreads>(sC, p.C.at(b, t0 + i0, grp), p.C.st, valid_i, p.C.vec);
+      stage<kYS, kRows, P, kThreads>(sY, p.dy.at(b, t0 + i0, h), p.dy.st, valid_i, p.dy.vec);
+      stage_wait();
       __syncthreads();
       float cb[8][4], m[8][4];  // rows j of the strip, columns i of tile I
       zero(cb);

@@ -19,6 +19,7 @@ template <typename T, typename TY, int P, int N>
 __global__ void __launch_bounds__(2 * P) ssd_bwd_gate_kernel(const GateParams<T, TY> p) {
   constexpr bool kS = kSplit<T>, kYS = kSplit<TY>;
   constexpr int NTN = N / 8, kVecs = P / 8;
+  static_assert(kRows * kVecs % (2 * P) == 0 && kRows * kVecs / (2 * P) % 2 == 0, "whole batches a thread");
   extern __shared__ __align__(16) unsigned char smem[];
   bf16* cursor = reinterpret_cast<bf16*>(smem);
   const STile<kYS> sY = carve<kYS>(cursor, kRows, P);
@@ -37,36 +38,51 @@ __global__ void __launch_bounds__(2 * P) ssd_bwd_gate_kernel(const GateParams<T,
   for (int k0 = 0; k0 < len; k0 += kRows) {
     const int valid = min(kRows, len - k0);
     __syncthreads();  // the previous tile's products are done with sY and sC
-    for (int idx = tid; idx < kRows * kVecs; idx += 2 * P) {
-      const int row = idx / kVecs, col = idx % kVecs * 8;
-      float v[8];
-      if (row < valid) {
-        const int64_t t = t0 + k0 + row;
-        load8(p.gy.at(b, t, h) + col, p.gy.vec, v);
-        if (gate) {
-          float zv[8], yv[8], dz[8];
-          load8(p.z.at(b, t, h) + col, p.z.vec, zv);
-          if (want_dz) load8(p.y_ungated.at(b, t, h) + col, p.y_ungated.vec, yv);
+    stage<kS, kRows, N, 2 * P>(sC, p.C.at(b, t0 + k0, grp), p.C.st, valid, p.C.vec);  // in flight meanwhile
+    // The dy tile, with the gate on the way: the loads of kBatch rows' vectors are issued before
+    // any is used (kRows · P/8 vectors over 2P threads: 4 a thread).
+    constexpr int kIters = kRows * kVecs / (2 * P), kBatch = 2;
+    const int stid = opaque(tid);
 #pragma unroll
-          for (int k = 0; k < 8; ++k) {
-            const float s = sigmoid_f(zv[k]);
-            dz[k] = want_dz ? v[k] * yv[k] * s * (1.0f + zv[k] * (1.0f - s)) : 0.0f;
-            v[k] *= zv[k] * s;
-          }
-          const int64_t at = ((b * d.L + t) * d.heads + h) * P + col;
-          store8(p.dy + at, v);
-          if (want_dz) store8(p.dz + at, dz);
+    for (int it0 = 0; it0 < kIters; it0 += kBatch) {
+      float v[kBatch][8], zv[kBatch][8], yv[kBatch][8];
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k) {
+        const int idx = stid + (it0 + k) * 2 * P, row = idx / kVecs, col = idx % kVecs * 8;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) v[k][e] = zv[k][e] = yv[k][e] = 0.0f;
+        if (row < valid) {
+          const int64_t t = t0 + k0 + row;
+          load8(p.gy.at(b, t, h) + col, p.gy.vec, v[k]);
+          if (gate) load8(p.z.at(b, t, h) + col, p.z.vec, zv[k]);
+          if (want_dz) load8(p.y_ungated.at(b, t, h) + col, p.y_ungated.vec, yv[k]);
         }
-        const float decay = exp2_approx(p.a2[r * d.Q + k0 + row]);
-#pragma unroll
-        for (int k = 0; k < 8; ++k) v[k] *= decay;
-      } else {
-#pragma unroll
-        for (int k = 0; k < 8; ++k) v[k] = 0.0f;
       }
-      put8(sY, row, col, v);
+#pragma unroll
+      for (int k = 0; k < kBatch; ++k) {
+        const int idx = stid + (it0 + k) * 2 * P, row = idx / kVecs, col = idx % kVecs * 8;
+        if (row < valid) {
+          const int64_t t = t0 + k0 + row;
+          if (gate) {
+            float dz[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+              const float s = sigmoid_f(zv[k][e]);
+              dz[e] = v[k][e] * yv[k][e] * s * (1.0f + zv[k][e] * (1.0f - s));
+              v[k][e] *= zv[k][e] * s;
+            }
+            const int64_t at = ((b * d.L + t) * d.heads + h) * P + col;
+            store8(p.dy + at, v[k]);
+            if (want_dz) store8(p.dz + at, dz);
+          }
+          const float decay = exp2_approx(p.a2[r * d.Q + k0 + row]);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) v[k][e] *= decay;
+        }
+        put8(sY, row, col, v[k]);
+      }
     }
-    stage<kS, N>(sC, p.C.at(b, t0 + k0, grp), p.C.st, kRows, valid, p.C.vec);
+    stage_wait();
     __syncthreads();
 #pragma unroll
     for (int ks = 0; ks < kRows / 16; ++ks) {
@@ -77,13 +93,18 @@ __global__ void __launch_bounds__(2 * P) ssd_bwd_gate_kernel(const GateParams<T,
     }
   }
 
-  float* out = p.G + r * P * N;
+  T* out = p.G + r * P * N;
   const int p0 = 16 * warp + g;
 #pragma unroll
   for (int nt = 0; nt < NTN; ++nt) {
     const int col = 8 * nt + 2 * q;
-    *reinterpret_cast<float2*>(out + p0 * N + col) = make_float2(acc[nt][0], acc[nt][1]);
-    *reinterpret_cast<float2*>(out + (p0 + 8) * N + col) = make_float2(acc[nt][2], acc[nt][3]);
+    if constexpr (std::is_same_v<T, float>) {
+      *reinterpret_cast<float2*>(out + p0 * N + col) = make_float2(acc[nt][0], acc[nt][1]);
+      *reinterpret_cast<float2*>(out + (p0 + 8) * N + col) = make_float2(acc[nt][2], acc[nt][3]);
+    } else {
+      *reinterpret_cast<__nv_bfloat162*>(out + p0 * N + col) = __floats2bfloat162_rn(acc[nt][0], acc[nt][1]);
+      *reinterpret_cast<__nv_bfloat162*>(out + (p0 + 8) * N + col) = __floats2bfloat162_rn(acc[nt][2], acc[nt][3]);
+    }
   }
 }
 
