@@ -57,9 +57,24 @@ else
   echo "| ssd-torch | skipped: python3 has no torch | 0 |" >>"$summary"
   echo "== ssd-torch: skipped: python3 has no torch (bench/peers/ssd_torch.py needs PyTorch)"
 fi
+step bench-attention bench-attention.log "$build_dir/bin/scanline" bench attention
+# The PyTorch peer of the attention (bench/peers/attention_torch.py: scaled_dot_product_attention,
+# causal, enable_gqa=True, bf16) on the same cases, after checking itself against a naive softmax;
+# it reads bench-attention.log for the side-by-side table and fails unless scanline reaches 0.8x
+# SDPA's speed. Skipped without torch.
+attention_cases=(4,16,4,4096,64 4,16,4,4096,128)
+if python3 -c "import torch" >/dev/null 2>&1; then
+  step attention-torch attention-torch.log python3 "$root/bench/peers/attention_torch.py" \
+    --cases "${attention_cases[@]}" --json "$out/attention-torch.json" --scanline-log "$out/bench-attention.log"
+else
+  echo "| attention-torch | skipped: python3 has no torch | 0 |" >>"$summary"
+  echo "== attention-torch: skipped: python3 has no torch (bench/peers/attention_torch.py needs PyTorch)"
+fi
 grep -h -E "tests passed|tests failed" "$out"/*tests.log >>"$summary" 2>/dev/null
 grep -h -A40 "^### " "$out/bench-ops.log" >>"$summary" 2>/dev/null
 grep -h -A9 "^### " "$out/bench-scan.log" >>"$summary" 2>/dev/null
 grep -h -A7 "^### " "$out/bench-ssd.log" >>"$summary" 2>/dev/null
 grep -h -A9 "^### " "$out/ssd-torch.log" >>"$summary" 2>/dev/null
+grep -h -A7 "^### " "$out/bench-attention.log" >>"$summary" 2>/dev/null
+grep -h -A7 "^### " "$out/attention-torch.log" >>"$summary" 2>/dev/null
 cat "$summary"

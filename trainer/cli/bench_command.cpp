@@ -5,6 +5,7 @@
 #include "core/error.h"
 
 #ifdef SCANLINE_HAVE_CUDA
+#include "bench/attention_bench.h"
 #include "bench/ops_bench.h"
 #include "bench/scan_bench.h"
 #include "bench/ssd_bench.h"
@@ -25,6 +26,7 @@ int bench(int argc, char** argv) {
   if (name == "ops") return scanline::bench::run_ops_bench(quick);
   if (name == "scan") return scanline::bench::run_scan_bench(quick);
   if (name == "ssd") return scanline::bench::run_ssd_bench(quick);
+  if (name == "attention") return scanline::bench::run_attention_bench(quick);
   SCANLINE_FAIL("bench: unknown benchmark '", name, "' (expected: ops, scan or ssd)");
 #else
   (void)quick;

@@ -30,6 +30,7 @@ void print_help() {
       "  bench ops [--quick]               GPU op bandwidth vs a device copy, matmul TFLOP/s, allocator\n"
       "  bench scan [--quick]              selective scan kernels vs a copy and the mamba_ssm kernel\n"
       "  bench ssd [--quick]               Mamba-2 SSD kernels vs the matrix and copy rates and mamba_ssm's Triton kernels\n"
+      "  bench attention [--quick]         causal GQA attention vs the matrix rate and PyTorch's SDPA\n"
       "  prepare --input FILES... --out X.h5 [--val-fraction F]\n"
       "                                    text files -> a byte-token dataset (HDF5)\n"
       "  --version                         print the version and build configuration\n"
