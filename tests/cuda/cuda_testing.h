@@ -44,6 +44,13 @@ inline double tolerance_for(DType dtype) {
   }
 }
 
+// The largest |element| of t (0 for an empty tensor): the scale tolerances of sums are taken against.
+inline double max_abs(const Tensor& t) {
+  double m = 0.0;
+  for (double v : t.to_double_vector()) m = std::max(m, std::abs(v));
+  return m;
+}
+
 // Every element: |actual - expected| <= rtol * max(|expected|, floor). `floor` is the magnitude
 // below which errors are judged absolutely (use the scale of the terms for sums and differences).
 inline void check_relative(const Tensor& actual, const Tensor& expected, double rtol, double floor = 1.0,

@@ -18,12 +18,6 @@ using namespace scanline::testing;
 
 namespace {
 
-double max_abs(const Tensor& t) {
-  double m = 0.0;
-  for (double v : t.to_double_vector()) m = std::max(m, std::abs(v));
-  return m;
-}
-
 struct Case {
   int64_t batch, channels, length, k;
   bool channels_last, bias, silu;

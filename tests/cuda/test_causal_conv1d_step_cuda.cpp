@@ -34,11 +34,8 @@ std::string describe_case(const Case& c, DType dtype) {
          " " + std::string(dtype_name(dtype));
 }
 
-double max_abs(const Tensor& t) {
-  double m = 0.0;
-  for (double v : t.to_double_vector()) m = std::max(m, std::abs(v));
-  return std::max(m, 1e-30);
-}
+// max_abs, never 0: a scale to divide by.
+double scale_of(const Tensor& t) { return std::max(max_abs(t), 1e-30); }
 
 void check_steps(const Case& c, DType dtype, uint64_t seed, int tokens = 3) {
   const std::string what = describe_case(c, dtype);
@@ -70,7 +67,7 @@ void check_steps(const Case& c, DType dtype, uint64_t seed, int tokens = 3) {
     REQUIRE(out_g.device().is_cuda());
     REQUIRE(out_g.dtype() == dtype);
     REQUIRE(out_g.shape() == Shape{c.batch, c.channels});
-    check_relative(out_g, out_c, tol, max_abs(out_c), what + " out");
+    check_relative(out_g, out_c, tol, scale_of(out_c), what + " out");
     CHECK(state_g.to_double_vector() == state_c.to_double_vector());
   }
   CHECK(state_g.raw_data() == state_memory);  // updated in place, not replaced

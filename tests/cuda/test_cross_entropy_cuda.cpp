@@ -18,12 +18,6 @@ using namespace scanline::testing;
 
 namespace {
 
-double max_abs(const Tensor& t) {
-  double m = 0.0;
-  for (double v : t.to_double_vector()) m = std::max(m, std::abs(v));
-  return m;
-}
-
 // Targets in [0, classes) with every `ignore_every`-th row set to ignore_index (0: none).
 Tensor make_targets(const Shape& shape, int64_t classes, uint64_t seed, int64_t ignore_every, int64_t ignore_index,
                     DType dtype = DType::i64) {

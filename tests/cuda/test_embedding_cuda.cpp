@@ -18,12 +18,6 @@ using namespace scanline::testing;
 
 namespace {
 
-double max_abs(const Tensor& t) {
-  double m = 0.0;
-  for (double v : t.to_double_vector()) m = std::max(m, std::abs(v));
-  return m;
-}
-
 Tensor random_indices(const Shape& shape, int64_t high, DType dtype, uint64_t seed) {
   Generator gen(seed);
   return randint(0, high, shape, gen, {.dtype = dtype});

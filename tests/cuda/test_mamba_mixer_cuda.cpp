@@ -24,12 +24,6 @@ using namespace scanline::testing;
 
 namespace {
 
-double max_abs(const Tensor& t) {
-  double m = 0.0;
-  for (double v : t.to_double_vector()) m = std::max(m, std::abs(v));
-  return m;
-}
-
 // actual within rtol of expected, relative to expected's largest element.
 void check_scaled(const Tensor& actual, const Tensor& expected, double rtol, const std::string& what) {
   check_relative(to_device(actual, Device::cpu()), expected, rtol, std::max(max_abs(expected), 1e-30), what);

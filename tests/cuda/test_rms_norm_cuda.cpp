@@ -20,12 +20,6 @@ using namespace scanline::testing;
 
 namespace {
 
-double max_abs(const Tensor& t) {
-  double m = 0.0;
-  for (double v : t.to_double_vector()) m = std::max(m, std::abs(v));
-  return m;
-}
-
 // Compares a GPU tensor with its CPU counterpart relative to the larger of each element and
 // `floor` (for sums and differences: the scale of their terms).
 void check_against(const Tensor& gpu, const Tensor& cpu, DType dtype, double floor, const std::string& what) {

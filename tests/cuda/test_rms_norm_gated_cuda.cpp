@@ -21,12 +21,6 @@ using namespace scanline::testing;
 
 namespace {
 
-double max_abs(const Tensor& t) {
-  double m = 0.0;
-  for (double v : t.to_double_vector()) m = std::max(m, std::abs(v));
-  return m;
-}
-
 // GPU vs CPU, relative to max(|element|, floor).
 void check_against(const Tensor& gpu, const Tensor& cpu, DType dtype, double floor, const std::string& what) {
   REQUIRE(gpu.defined());

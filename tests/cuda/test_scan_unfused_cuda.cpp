@@ -35,12 +35,6 @@ std::string describe_config(const Config& c, DType dtype) {
   return s + (dtype == DType::bf16 ? " bf16" : " f32");
 }
 
-double max_abs(const Tensor& t) {
-  double m = 0.0;
-  for (double v : t.to_double_vector()) m = std::max(m, std::abs(v));
-  return m;
-}
-
 void check_same(const Tensor& actual, const Tensor& expected, double rtol, const std::string& what) {
   REQUIRE(actual.defined() == expected.defined());
   if (!expected.defined()) return;

@@ -123,12 +123,6 @@ Outcome run_on(const Inputs& in, Device device, bool through_y, const Tensor& gr
 
 double tolerance(DType dtype) { return dtype == DType::f32 ? 1e-4 : dtype == DType::bf16 ? 1e-2 : 1e-9; }
 
-double max_abs(const Tensor& t) {
-  double m = 0.0;
-  for (double v : t.to_double_vector()) m = std::max(m, std::abs(v));
-  return m;
-}
-
 // actual vs expected within rtol of max(|expected_i|, max |expected|).
 void check_scaled(const Tensor& actual, const Tensor& expected, double rtol, const std::string& what) {
   REQUIRE(actual.dtype() == expected.dtype());

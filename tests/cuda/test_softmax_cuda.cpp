@@ -23,12 +23,6 @@ namespace {
 using ViewFn = std::function<Tensor(const Tensor&)>;
 const ViewFn kSame = [](const Tensor& t) { return t; };
 
-double max_abs(const Tensor& t) {
-  double m = 0.0;
-  for (double v : t.to_double_vector()) m = std::max(m, std::abs(v));
-  return m;
-}
-
 // softmax or log_softmax of view(base) along dim on both devices, then backward with one random
 // upstream gradient; outputs compared element-wise, gradients relative to their largest value.
 void check_softmax(const Tensor& base, const ViewFn& view, int64_t dim, bool log, const std::string& label) {
