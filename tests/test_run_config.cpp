@@ -1,6 +1,7 @@
 #include <doctest/doctest.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -108,6 +109,9 @@ TEST_CASE("run config defaults are the documented schema") {
   CHECK(c.train.on_nonfinite == NonfinitePolicy::stop);
   CHECK(c.eval.every == 0);
   CHECK(c.eval.batches == 4);
+  CHECK(c.eval.lengths.empty());  // no task evaluation after training
+  CHECK(c.eval.examples == 256);
+  CHECK(c.eval.batch == 32);
   CHECK(c.checkpoint.every == 0);
   CHECK(c.checkpoint.keep == 3);
   CHECK(c.distributed.bucket_mb == 25.0);
@@ -140,7 +144,7 @@ TEST_CASE("a full valid file sets every key") {
                                 "train:\n"
                                 "  steps: 1e4\n  batch_size: 64\n  grad_accum: 4\n  precision: bf16\n  seed: 17\n"
                                 "  device: cpu\n  log_every: 5\n  on_nonfinite: skip\n  run_dir: /tmp/somewhere\n"
-                                "eval:\n  every: 100\n  batches: 2\n"
+                                "eval:\n  every: 100\n  batches: 2\n  lengths: [8, 16]\n  examples: 64\n  batch: 8\n"
                                 "checkpoint:\n  every: 500\n  keep: 1\n"
                                 "distributed:\n  bucket_mb: 12.5\n  reduce_dtype: bf16\n");
   RunConfig c = load_run_config(path);
@@ -187,6 +191,9 @@ TEST_CASE("a full valid file sets every key") {
   CHECK(c.train.run_dir == "/tmp/somewhere");
   CHECK(c.eval.every == 100);
   CHECK(c.eval.batches == 2);
+  CHECK(c.eval.lengths == std::vector<int64_t>{8, 16});
+  CHECK(c.eval.examples == 64);
+  CHECK(c.eval.batch == 8);
   CHECK(c.checkpoint.every == 500);
   CHECK(c.checkpoint.keep == 1);
   CHECK(c.distributed.bucket_mb == 12.5);
@@ -291,7 +298,8 @@ TEST_CASE("to_yaml writes every key and reloads to the same config") {
                                 {"model.pattern=\"*M-M\"", "optim.eps=1.5e-9", "optim.lr=0.1", "train.seed=123456789",
                                  "train.run_dir=runs/with space \"and quote\"", "distributed.bucket_mb=0.3",
                                  "data.task_options.sep=\"a: b\"", "schedule.kind=constant", "model.ssm=mamba2",
-                                 "model.headdim=32", "model.ngroups=2", "model.chunk_size=128"});
+                                 "model.headdim=32", "model.ngroups=2", "model.chunk_size=128",
+                                 "eval.lengths=[16, 48]", "eval.examples=12", "eval.batch=3"});
   std::string text = to_yaml(c);
   for (const std::string& section : config_sections()) {
     CHECK(text.find(section + ":\n") != std::string::npos);
@@ -311,6 +319,10 @@ TEST_CASE("to_yaml writes every key and reloads to the same config") {
   CHECK(again.model.chunk_size == 128);
   CHECK(again.data.task_options.get_string("sep", "") == "a: b");
   CHECK(again.train.run_dir == "runs/with space \"and quote\"");
+  CHECK(again.eval.lengths == std::vector<int64_t>{16, 48});
+  CHECK(again.eval.examples == 12);
+  CHECK(again.eval.batch == 3);
+  CHECK(text.find("\n  lengths: [16, 48]\n  examples: 12\n  batch: 3\n") != std::string::npos);
 
   // Configs differing in one setting are not equal; provenance does not count.
   RunConfig other = again;
@@ -423,6 +435,25 @@ TEST_CASE("bad configs name the file, the line and the key") {
       {task + "data:\n  seq_len: 8\n", 3, "data", "duplicate section (first at "},
       {task + "train:\n  run_dir: \"\"\n", 4, "train.run_dir", "must not be empty"},
       {task + "distributed:\n  reduce_dtype: f32\n", 4, "distributed.reduce_dtype", "'f32' is not one of fp32, bf16; did you mean 'fp32'?"},
+      // eval.lengths, eval.examples, eval.batch: the task evaluation after training.
+      {task + "eval:\n  lengths: [16, 0]\n", 4, "eval.lengths", "every value must be >= 1, got 0"},
+      {task + "eval:\n  lengths: [16, x]\n", 4, "eval.lengths", "expected a list of integers, got 'x'"},
+      {task + "eval:\n  lengths: [16, \"32\"]\n", 4, "eval.lengths", "expected a list of integers, got the string \"32\""},
+      {task + "eval:\n  lengths: [[16]]\n", 4, "eval.lengths", "expected a list of integers, got a list"},
+      {task + "eval:\n  lengths: {a: 1}\n", 4, "eval.lengths", "expected a list of integers, got a mapping"},
+      {task + "eval:\n  examples: 0\n", 4, "eval.examples", "must be >= 1, got 0"},
+      {task + "eval:\n  batch: 0\n", 4, "eval.batch", "must be >= 1, got 0"},
+      {"data:\n  dataset: " + ds + "\neval:\n  lengths: [64]\n", 4, "eval.lengths",
+       "the task evaluation needs a synthetic task (data.task), but this run trains on the dataset '" + ds + "'"},
+      // A length the task cannot use fails at load, not after training.
+      {"data:\n  task: induction_heads\neval:\n  lengths: [16, 2]\n", 4, "eval.lengths",
+       "induction_heads cannot be evaluated at length 2: data.seq_len: induction_heads: seq_len 2 is too short"},
+      {"data:\n  task: selective_copying\n  task_options: {n_memorize: 4}\neval:\n  lengths: [8, 9]\n", 5,
+       "eval.lengths", "selective_copying cannot be evaluated at length 8: data.seq_len: selective_copying: seq_len 8 is "
+       "too short for n_memorize = 4"},
+      {"data:\n  task: phonebook\n  task_options: {digits: 1, entries: 3}\neval:\n  lengths: [5, 6]\n", 5,
+       "eval.lengths", "phonebook cannot be evaluated at length 6: data.task_options.entries: 6 entries need unique "
+       "1-digit numbers; at most 5 are allowed"},
   };
   CHECK(cases.size() >= 15);
   for (size_t i = 0; i < cases.size(); ++i) {
@@ -437,6 +468,40 @@ TEST_CASE("bad configs name the file, the line and the key") {
     CHECK(std::string(e.what()).find(name) != std::string::npos);
     CHECK(e.problems().size() == 1);  // nothing else is reported
   }
+}
+
+TEST_CASE("eval.lengths: a list from the file or --set, checked against the task at load") {
+  const std::string task = "data:\n  task: induction_heads\n";
+  auto lengths = [&](const std::string& eval, const std::vector<std::string>& overrides = {}) {
+    return load_run_config(write_file("lengths.yaml", task + "eval:\n" + eval), overrides).eval.lengths;
+  };
+  using L = std::vector<int64_t>;
+  CHECK(lengths("  lengths: [256, 1024, 4096]\n") == L{256, 1024, 4096});
+  CHECK(lengths("  lengths:\n    - 64\n    - 1e3\n") == L{64, 1000});
+  CHECK(lengths("  lengths: 64\n") == L{64});  // one length
+  CHECK(lengths("  lengths: []\n").empty());
+  CHECK(lengths("  lengths:\n").empty());
+  // --set takes a YAML list (or one integer), replacing the file's; an empty value clears it.
+  CHECK(lengths("  lengths: [64]\n", {"eval.lengths=[256,1024]"}) == L{256, 1024});
+  CHECK(lengths("  lengths: [64]\n", {"eval.lengths=32"}) == L{32});
+  CHECK(lengths("  lengths: [64]\n", {"eval.lengths="}).empty());
+  ConfigError e = config_error([&] { lengths("  every: 5\n", {"eval.lengths=[64,2]"}); });
+  REQUIRE(e.problems().size() == 1);
+  CHECK(e.problems()[0].starts_with("--set eval.lengths=[64,2]: eval.lengths: induction_heads cannot be evaluated at "
+                                    "length 2: data.seq_len: induction_heads: seq_len 2 is too short: the special "
+                                    "token, key and final special token need at least 3"));
+  // Copying's lengths are its string lengths, any of them usable.
+  CHECK(load_run_config(write_file("copy.yaml", "data:\n  task: copying\neval:\n  lengths: [1, 500]\n")).eval.lengths ==
+        L{1, 500});
+  // While the task's own settings fail, the lengths are not tried: the trainer reports the setting.
+  CHECK_NOTHROW(load_run_config(write_file("small_vocab.yaml", "model:\n  vocab_size: 32\ndata:\n  task: phonebook\n"
+                                                               "eval:\n  lengths: [4]\n")));
+  // A resolved config from before these keys existed still loads, with no evaluation.
+  RunConfig c = load_run_config(default_yaml_path());
+  std::string text = to_yaml(c);
+  CHECK(text.find("\n  lengths: []\n  examples: 256\n  batch: 32\n") != std::string::npos);
+  for (const char* line : {"  lengths: []\n", "  examples: 256\n", "  batch: 32\n"}) text.erase(text.find(line), strlen(line));
+  CHECK(load_run_config(write_file("old.yaml", text)) == c);
 }
 
 TEST_CASE("model.hybrid builds the layer pattern") {

@@ -2,10 +2,15 @@
 // (exact match and per-token accuracy by hand, forced vs free-running inputs, batches of one
 // prompt length); the real ModelStepper equals a naive replay that re-runs the full forward on
 // prompt + fed tokens (Mamba-1, Mamba-2 hybrid with attention; batch 1 and 3); what a length
-// means per task and the validation stream the examples come from; bad lengths and options.
+// means per task and the validation stream the examples come from; bad lengths and options; the
+// report (trainer/task_eval_report.h): the JSON text, and a trained model's evaluation in its run
+// folder (eval.lengths).
 #include <doctest/doctest.h>
 
+#include <filesystem>
+#include <fstream>
 #include <map>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -16,8 +21,11 @@
 #include "data/selective_copying.h"
 #include "models/generation.h"
 #include "ops/ops.h"
+#include "tests/support/temp_dir.h"
 #include "trainer/batch_sources.h"
+#include "trainer/model_factory.h"
 #include "trainer/task_eval.h"
+#include "trainer/task_eval_report.h"
 
 using namespace scanline;
 
@@ -259,4 +267,66 @@ TEST_CASE("task lengths and options a task cannot use are ConfigErrors") {
   small.model.vocab_size = 32;  // bytes do not fit
   CHECK_THROWS_WITH_AS(task_examples(task_config_at_length(small, "phonebook", {}, 4), 1),
                        doctest::Contains("model.vocab_size"), ConfigError);
+}
+
+TEST_CASE("the JSON report is scanline eval's format") {
+  TaskEvalInfo info;
+  info.name = "a \"run\"";
+  info.task = "copying";
+  info.options.set("n_tokens", "8");
+  info.checkpoint = "runs/a/ckpt-00000003.h5";
+  info.step = 3;
+  info.compute = DType::bf16;
+  LengthScore row;
+  row.length = 3;
+  row.score.examples = 4;
+  row.score.exact = 1;
+  row.score.tokens = 12;
+  row.score.correct_tokens = 6;
+  row.seconds = 0.25;
+  std::ostringstream out;
+  write_task_eval_json(out, info, {row, row});
+  CHECK(out.str() ==
+        "{\"name\": \"a \\\"run\\\"\", \"task\": \"copying\", \"checkpoint\": \"runs/a/ckpt-00000003.h5\", "
+        "\"step\": 3, \"dtype\": \"bf16\", \"task_options\": {\"n_tokens\": \"8\"},\n \"lengths\": [\n"
+        "  {\"length\": 3, \"examples\": 4, \"exact_match\": 0.25, \"token_accuracy\": 0.5, \"seconds\": 0.250},\n"
+        "  {\"length\": 3, \"examples\": 4, \"exact_match\": 0.25, \"token_accuracy\": 0.5, \"seconds\": 0.250}]}\n");
+}
+
+TEST_CASE("evaluate_trained_model writes <run_dir>/eval.json with one entry a length") {
+  testing::TempDir dir("task_eval");
+  testing::QuietLog quiet;
+  RunConfig c = task_run("induction_heads");
+  c.model.d_model = 8;
+  c.model.n_layers = 1;
+  c.model.d_state = 4;
+  c.eval.lengths = {6, 10};
+  c.eval.examples = 3;
+  c.eval.batch = 2;
+  c.train.run_dir = dir.file("tiny-run") + "/";  // a trailing slash still names the run
+  std::filesystem::create_directories(c.train.run_dir);
+  Generator gen(1);
+  const LanguageModel lm(language_model_config(c), gen);
+  evaluate_trained_model(lm, Device::cpu(), c, "ckpt.h5", 7);
+
+  // The scores are score_examples' on the same examples.
+  std::ostringstream expected;
+  ModelStepper stepper(lm, DType::f32);
+  std::vector<LengthScore> scores;
+  for (int64_t length : c.eval.lengths) {
+    const auto examples = task_examples(task_config_at_length(c, "induction_heads", {}, length), 3);
+    scores.push_back({length, score_examples(examples, stepper, 2), 0});
+  }
+  write_task_eval_json(expected, {"tiny-run", "induction_heads", {}, "ckpt.h5", 7, DType::f32}, scores);
+  std::ifstream in(dir.file("tiny-run/eval.json"));
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  // Equal but for the seconds.
+  auto without_seconds = [](std::string s) {
+    for (size_t at = s.find("\"seconds\": "); at != std::string::npos; at = s.find("\"seconds\": ", at + 1))
+      s.erase(at + 11, s.find('}', at) - at - 11);
+    return s;
+  };
+  CHECK(without_seconds(text) == without_seconds(expected.str()));
+  CHECK(text.find("{\"length\": 10, \"examples\": 3, ") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir.file("tiny-run/eval.json.tmp")));
 }

@@ -19,6 +19,7 @@
 
 #include "ops/causal_conv1d.h"
 #include "trainer/hybrid_pattern.h"
+#include "trainer/task_eval.h"
 
 namespace scanline {
 
@@ -117,6 +118,42 @@ template <typename S, typename T>
 Field int_field(const char* section, const char* key, S RunConfig::*s, T S::*m, int64_t lo,
                 int64_t hi = std::numeric_limits<int64_t>::max()) {
   return int_slot_field(section, key, Slot<S, T>{s, m}, lo, hi);
+}
+
+// A list of integers, each >= lo: `[256, 1024]`, one integer (a list of one), or nothing (empty).
+template <typename S>
+Field int_list_field(const char* section, const char* key, S RunConfig::*s, std::vector<int64_t> S::*m, int64_t lo) {
+  Slot<S, std::vector<int64_t>> slot{s, m};
+  Field f{section, key, {}, {}, {}};
+  f.parse = [slot](RunConfig& c, const YAML::Node& n) -> std::string {
+    std::vector<YAML::Node> items;
+    if (n.IsSequence()) {
+      for (const auto& item : n) items.push_back(item);
+    } else if (!n.IsNull()) {
+      items.push_back(n);
+    }
+    std::vector<int64_t> values;
+    for (const YAML::Node& item : items) {
+      std::string text, error = plain_scalar(item, "a list of integers", text);
+      int64_t v = 0;
+      if (error.empty() && !config_detail::parse_int(text, v)) error = "expected a list of integers, got '" + text + "'";
+      if (!error.empty()) return error;
+      values.push_back(v);
+    }
+    slot(c) = std::move(values);
+    return "";
+  };
+  f.check = [slot, lo](const RunConfig& c) -> std::string {
+    for (int64_t v : slot(c))
+      if (v < lo) return "every value must be >= " + std::to_string(lo) + ", got " + std::to_string(v);
+    return "";
+  };
+  f.emit = [slot](const RunConfig& c) {
+    std::string items;
+    for (int64_t v : slot(c)) items += (items.empty() ? "" : ", ") + std::to_string(v);
+    return "[" + items + "]";
+  };
+  return f;
 }
 
 struct Range {
@@ -309,6 +346,9 @@ const std::vector<Field>& schema() {
       string_field("train", "run_dir", &R::train, &TC::run_dir, check_not_empty),
       int_field("eval", "every", &R::eval, &EC::every, 0),
       int_field("eval", "batches", &R::eval, &EC::batches, 1),
+      int_list_field("eval", "lengths", &R::eval, &EC::lengths, 1),
+      int_field("eval", "examples", &R::eval, &EC::examples, 1),
+      int_field("eval", "batch", &R::eval, &EC::batch, 1),
       int_field("checkpoint", "every", &R::checkpoint, &CC::every, 0),
       int_field("checkpoint", "keep", &R::checkpoint, &CC::keep, 1),
       real_field("distributed", "bucket_mb", &R::distributed, &XC::bucket_mb, kPositive),
@@ -717,6 +757,47 @@ void check_attention(const RunConfig& cfg, const std::set<std::string>& failed, 
                               std::to_string(head_dim));
 }
 
+// eval.lengths: one example of the run's task at every length now, so that a length the task cannot
+// use (induction_heads below 3 tokens, more phonebook entries than its digits allow) stops the run
+// before training rather than after it. Skipped while the training task's own settings fail: the
+// trainer reports those at their keys.
+void check_eval_lengths(const RunConfig& cfg, const std::set<std::string>& failed, std::vector<std::string>& problems) {
+  const DataConfig& d = cfg.data;
+  if (cfg.eval.lengths.empty() || failed.count("eval.lengths") || failed.count("data.task")) return;
+  const std::string where = cfg.where("eval.lengths");
+  if (d.task.empty()) {
+    if (!d.dataset.empty())
+      problems.push_back(where + ": eval.lengths: the task evaluation needs a synthetic task (data.task), but this run "
+                                 "trains on the dataset '" + d.dataset + "'");
+    return;
+  }
+  if (!d.dataset.empty() || !check_task(d.task).empty()) return;
+  try {
+    task_examples(cfg, 1);
+  } catch (const Error&) {
+    return;
+  }
+  RunConfig plain = cfg;  // no file lines: the problem is the length, not the line a key is on
+  plain.locations.clear();
+  plain.source_file.clear();
+  for (int64_t length : cfg.eval.lengths) {
+    if (length < 1) continue;  // the key's own check says so
+    std::vector<std::string> why;
+    try {
+      task_examples(task_config_at_length(plain, d.task, d.task_options, length), 1);
+    } catch (const ConfigError& e) {
+      why = e.problems();
+    } catch (const Error& e) {
+      why = {e.what()};
+    }
+    for (std::string& w : why)
+      if (w.starts_with("<config>: ")) w.erase(0, 10);
+    if (!why.empty())
+      problems.push_back(where + ": eval.lengths: " + d.task + " cannot be evaluated at length " +
+                         std::to_string(length) + ": " + join(why, "; "));
+  }
+}
+
 // Value checks and the checks that involve several keys; `failed` keys are not checked again.
 void check_values(const RunConfig& cfg, const std::set<std::string>& failed, std::vector<std::string>& problems) {
   auto ok = [&](const std::string& path) { return !failed.count(path); };
@@ -762,6 +843,7 @@ void check_values(const RunConfig& cfg, const std::set<std::string>& failed, std
   }
   if (d.task.empty() && !d.dataset.empty() && !d.task_options.empty() && ok("data.task"))
     problem("data.task_options", "options are for a synthetic task, but data.task is not set");
+  check_eval_lengths(cfg, failed, problems);
 }
 
 int problem_line(const std::string& problem, const std::string& source) {

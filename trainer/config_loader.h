@@ -12,8 +12,8 @@ namespace scanline {
 
 // `overrides` are "section.key=value" (or "data.task_options.NAME=value", "model.hybrid.KEY=value")
 // strings, applied in order on top of the file; each value is parsed as a YAML scalar (a flow
-// mapping, or nothing, replaces a whole model.hybrid). train.run_dir defaults to
-// "runs/<stem of path>". Throws ConfigError.
+// mapping, or nothing, replaces a whole model.hybrid; eval.lengths takes a flow list, [256,1024]).
+// train.run_dir defaults to "runs/<stem of path>". Throws ConfigError.
 RunConfig load_run_config(const std::string& path, const std::vector<std::string>& overrides = {});
 
 // The same from YAML text (e.g. the /config saved in a checkpoint); `source_name` stands for the
@@ -22,6 +22,8 @@ RunConfig parse_run_config(const std::string& yaml_text, const std::string& sour
                            const std::vector<std::string>& overrides = {});
 
 // The value checks of the loader on a config built or modified in code. Throws ConfigError.
+// Both also make one example of the task at every eval.lengths length (trainer/task_eval.h), so a
+// length the task cannot use fails here, before training.
 void validate_run_config(const RunConfig& config);
 
 // Checks what depends on the number of data-parallel ranks: the global batch must split evenly

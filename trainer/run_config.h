@@ -170,6 +170,12 @@ struct TrainConfig {
 struct EvalConfig {
   int64_t every = 0;  // 0: only at the end
   int64_t batches = 4;
+  // After training, a synthetic task's accuracy by greedy generation at each of these lengths, as
+  // `scanline eval` measures it (trainer/task_eval.h); empty: none. examples a length, batch
+  // sequences generated together.
+  std::vector<int64_t> lengths;
+  int64_t examples = 256;
+  int64_t batch = 32;
   bool operator==(const EvalConfig&) const = default;
 };
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `scanline eval` end to end on a tiny selective-copying run trained here: the Markdown table,
 # the JSON fields, another task with --set, a run folder = its checkpoint file, tools/plot_eval.py
-# on the JSON (when matplotlib is installed), and bad flags -> exit 2 naming the flag.
+# on the JSON (when matplotlib is installed), and bad flags -> exit 2 naming the flag. Then
+# eval.lengths: `scanline train` evaluating its trained model into <run_dir>/eval.json.
 #   tests/cli/eval_cli.sh SCANLINE_BINARY [tools/plot_eval.py]
 set -uo pipefail
 bin="$(realpath "$1")"
@@ -58,6 +59,33 @@ python3 -c "
 import json; r = json.load(open('cp.json'))
 assert r['task'] == 'copying' and r['task_options'] == {'n_tokens': '8'} and r['lengths'][0]['length'] == 3, r" || fail "copying json"
 echo "ok other tasks"
+
+# eval.lengths: the same evaluation at the end of `scanline train`, on the final parameters: the
+# table on stdout and run-ev/eval.json, equal (but for the seconds) to scanline eval's JSON of the
+# final checkpoint.
+out="$("$bin" train run.yaml --set train.run_dir=run-ev --set 'eval.lengths=[16,32]' --set eval.examples=6 \
+  --set eval.batch=4 2>&1)"; rc=$?
+[ $rc -eq 0 ] || fail "train with eval.lengths: exit $rc: $out"
+grep -Eq '^\| 16 \| 6 \| [01]\.[0-9]{4} \| [01]\.[0-9]{4} \| [0-9.]+ \|$' <<<"$out" || fail "train table row 16: $out"
+grep -Eq '^\| 32 \| 6 \| ' <<<"$out" || fail "train table row 32: $out"
+"$bin" eval --checkpoint run-ev --lengths 16,32 --examples 6 --batch 4 --json ev.json >/dev/null || fail "eval run-ev"
+python3 - run-ev/eval.json ev.json <<'PY' || fail "run-ev/eval.json fields"
+import json, sys
+r, e = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+assert r["name"] == "run-ev" and r["task"] == "selective_copying" and r["checkpoint"] == "run-ev/ckpt-00000003.h5", r
+assert r["step"] == 3 and r["dtype"] == "f32" and r["task_options"] == {"n_colors": "8", "n_memorize": "4"}, r
+assert [x["length"] for x in r["lengths"]] == [16, 32], r
+for x in r["lengths"]:
+    assert x["examples"] == 6 and 0 <= x["exact_match"] <= x["token_accuracy"] <= 1 and x["seconds"] >= 0, x
+for x in r["lengths"] + e["lengths"]:
+    del x["seconds"]
+assert r == e, (r, e)
+PY
+# A length the task cannot use stops before training (exit 2, the key named, no run folder).
+out="$("$bin" train run.yaml --set train.run_dir=run-bad --set 'eval.lengths=[32,5]' 2>&1)"; rc=$?
+[ $rc -eq 2 ] && grep -qF "eval.lengths: selective_copying cannot be evaluated at length 5" <<<"$out" && [ ! -e run-bad ] ||
+  fail "train with a bad eval length: exit $rc: $out"
+echo "ok train with eval.lengths"
 
 if python3 -c "import matplotlib" >/dev/null 2>&1 || /usr/bin/python3 -c "import matplotlib" >/dev/null 2>&1; then
   out="$(python3 "$plot" sc.json folder.json --metric both --out plots/eval.png 2>&1)" || fail "plot_eval: $out"

@@ -4,7 +4,6 @@
 // code 2 naming the flag; a corrupt checkpoint is reported by main (exit 1).
 #include <algorithm>
 #include <cerrno>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -17,6 +16,7 @@
 #include "trainer/device_select.h"
 #include "trainer/load_model.h"
 #include "trainer/task_eval.h"
+#include "trainer/task_eval_report.h"
 
 namespace scanline::cli {
 
@@ -157,50 +157,6 @@ std::string join(const std::vector<std::string>& lines, const char* separator) {
   return out;
 }
 
-std::string json_string(const std::string& text) {
-  std::string out = "\"";
-  for (unsigned char c : text) {
-    if (c == '"' || c == '\\') out += std::string("\\") + char(c);
-    else if (c < 0x20) {
-      char hex[8];
-      std::snprintf(hex, sizeof hex, "\\u%04x", c);
-      out += hex;
-    } else out += char(c);
-  }
-  return out + "\"";
-}
-
-struct Row {
-  int64_t length = 0;
-  TaskScore score;
-  double seconds = 0;
-};
-
-void write_json(std::ofstream& out, const std::string& path, const std::string& name, const std::string& task,
-                const TaskOptions& options, const LoadedModel& loaded, const std::vector<Row>& rows) {
-  out << "{\"name\": " << json_string(name) << ", \"task\": " << json_string(task)
-      << ", \"checkpoint\": " << json_string(loaded.path) << ", \"step\": " << loaded.step
-      << ", \"dtype\": " << json_string(dtype_name(loaded.compute)) << ", \"task_options\": {";
-  bool first = true;
-  for (const auto& [key, value] : options.values()) {
-    out << (first ? "" : ", ") << json_string(key) << ": " << json_string(value);
-    first = false;
-  }
-  out << "},\n \"lengths\": [";
-  char buffer[256];
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const TaskScore& s = rows[i].score;
-    std::snprintf(buffer, sizeof buffer,
-                  "%s\n  {\"length\": %lld, \"examples\": %lld, \"exact_match\": %.15g, \"token_accuracy\": %.15g, "
-                  "\"seconds\": %.3f}",
-                  i ? "," : "", (long long)rows[i].length, (long long)s.examples, s.exact_match(), s.token_accuracy(),
-                  rows[i].seconds);
-    out << buffer;
-  }
-  out << "]}\n";
-  if (!out.flush()) usage_problem("--json '" + path + "' cannot be written");
-}
-
 int run(const Args& a) {
   LoadedModel loaded;
   try {
@@ -234,29 +190,18 @@ int run(const Args& a) {
               summary.substr(0, summary.find('\n')).c_str(), (long long)loaded.step, loaded.path.c_str(),
               describe_device(loaded.device).c_str(), dtype_name(loaded.compute), task.c_str(),
               (long long)a.examples);
-  std::printf("| length | examples | answer exact match | token accuracy | seconds |\n");
-  std::printf("| ---: | ---: | ---: | ---: | ---: |\n");
-  std::fflush(stdout);
   // Opened before the work, so an unwritable path costs no evaluation.
   std::ofstream json;
   if (!a.json.empty()) {
     json.open(a.json);
     if (!json) usage_problem("--json '" + a.json + "' cannot be written");
   }
-  std::vector<Row> rows;
   ModelStepper stepper(*loaded.model, loaded.compute);
-  for (size_t i = 0; i < lengths.size(); ++i) {
-    const int64_t length = lengths[i];
-    const std::vector<TaskExample>& examples = all_examples[i];
-    const auto start = std::chrono::steady_clock::now();
-    Row row{length, score_examples(examples, stepper, a.batch), 0};
-    row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::printf("| %lld | %lld | %.4f | %.4f | %.2f |\n", (long long)length, (long long)row.score.examples,
-                row.score.exact_match(), row.score.token_accuracy(), row.seconds);
-    std::fflush(stdout);
-    rows.push_back(std::move(row));
+  const std::vector<LengthScore> scores = score_lengths(lengths, all_examples, stepper, a.batch);
+  if (!a.json.empty()) {
+    write_task_eval_json(json, {name, task, options, loaded.path, loaded.step, loaded.compute}, scores);
+    if (!json.flush()) usage_problem("--json '" + a.json + "' cannot be written");
   }
-  if (!a.json.empty()) write_json(json, a.json, name, task, options, loaded, rows);
   return 0;
 }
 

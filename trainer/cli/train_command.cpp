@@ -1,6 +1,7 @@
 // `scanline train CONFIG.yaml [--resume auto|PATH] [--set key=value ...]`: loads and validates the
-// config, then runs the Trainer. Exit codes (trainer/cli/main.cpp): 0 done, 1 error, 2 bad config,
-// 3 stopped on a non-finite loss or gradient (train.on_nonfinite: stop).
+// config, runs the Trainer, then (eval.lengths) the task evaluation of the trained model. Exit
+// codes (trainer/cli/main.cpp): 0 done, 1 error, 2 bad config, 3 stopped on a non-finite loss or
+// gradient (train.on_nonfinite: stop).
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -10,6 +11,7 @@
 #include "core/error.h"
 #include "trainer/config_loader.h"
 #include "trainer/distributed_setup.h"
+#include "trainer/task_eval_report.h"
 #include "trainer/trainer.h"
 
 namespace scanline::cli {
@@ -23,6 +25,9 @@ void print_usage() {
       "                   when there is none); corrupt or truncated ones are skipped with a warning\n"
       "  --resume PATH    continue from that checkpoint (model and data sections must match)\n"
       "  --set K=V        override a config key, e.g. --set train.steps=100 --set optim.lr=1e-3\n"
+      "\n"
+      "with eval.lengths set (a synthetic task), the trained model's greedy accuracy at those lengths\n"
+      "follows, as scanline eval measures it: a table on stdout and <train.run_dir>/eval.json\n"
       "\n"
       "exit codes: 0 done, 1 error, 2 invalid config, 3 stopped on a non-finite loss or gradient\n"
       "\n"
@@ -77,8 +82,17 @@ int train(int argc, char** argv) {
     options.device = dist->device;
   }
   Trainer trainer(std::move(config), options);
-  trainer.run();
+  const TrainResult result = trainer.run();
   if (dist) dist->finish();
+  // eval.lengths: the task evaluation of the final parameters, by rank 0 alone and after the
+  // others are released (a long evaluation must not run into their collective timeout).
+  const RunConfig& c = trainer.config();
+  if (!c.eval.lengths.empty() && !c.data.task.empty() && (!dist || dist->info.rank == 0)) {
+    // The final checkpoint: written at the end, or the one resumed from when nothing was left to train.
+    const std::string checkpoint =
+        result.checkpoints_written.empty() ? result.resumed_from.value_or("") : result.checkpoints_written.back();
+    evaluate_trained_model(trainer.model(), trainer.device(), c, checkpoint, result.end_step);
+  }
   return 0;
 }
 
