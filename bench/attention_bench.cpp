@@ -13,6 +13,7 @@
 #include "core/cuda/stream.h"
 #include "core/random.h"
 #include "cuda/device_query.h"
+#include "cuda/attention_cudnn.h"
 #include "ops/attention.h"
 
 namespace scanline::bench {
@@ -52,6 +53,13 @@ int run_attention_bench(bool quick) {
   SCANLINE_CHECK(cuda::device_count() > 0, "bench attention: no CUDA device found");
   std::printf("scanline bench attention on %s; bf16 q (batch, L, heads, headdim), k, v (batch, L, kv_heads, "
               "headdim); causal; scale 1/sqrt(headdim)\n", cuda::device_name(0).c_str());
+  // Which engine the op runs for bf16 (SCANLINE_ATTENTION_ENGINE picks; cuda/attention_cudnn.h).
+  const cuda::AttentionEngine engine = cuda::attention_engine();
+  const bool cudnn = engine != cuda::AttentionEngine::native && cuda::cudnn_attention_built();
+  std::printf("engine: %s (SCANLINE_ATTENTION_ENGINE=%s)\n",
+              cudnn ? "cuDNN fused attention (our kernels where cuDNN rejects a shape)" : "scanline's own kernels",
+              engine == cuda::AttentionEngine::automatic ? "auto" : engine == cuda::AttentionEngine::cudnn ? "cudnn"
+                                                                                                        : "native");
   const MatrixRate matrix = measure_bf16_matrix_rate(8192);
   std::printf("measured bf16 matrix rate: %.0f TFLOP/s (cuBLASLt %lld^3 GEMM, fp32 accumulation, %.3f ms)\n\n",
               matrix.tflops, static_cast<long long>(matrix.n), matrix.ms);

@@ -32,6 +32,20 @@ if(NOT SCANLINE_CUDA STREQUAL "OFF")
   endif()
 endif()
 
+# cuDNN (CUDA builds only): a second attention engine for bf16 (cuda/attention_cudnn.h). AUTO uses it
+# when cuDNN 9 is found (CUDNN_ROOT, the CUDA toolkit or the system folders).
+set(SCANLINE_HAVE_CUDNN OFF)
+if(SCANLINE_HAVE_CUDA AND NOT SCANLINE_CUDNN STREQUAL "OFF")
+  find_package(CUDNN)
+  if(CUDNN_FOUND)
+    set(SCANLINE_HAVE_CUDNN ON)
+  elseif(SCANLINE_CUDNN STREQUAL "ON")
+    message(FATAL_ERROR "SCANLINE_CUDNN=ON but cuDNN 9 (cudnn_version.h, libcudnn) was not found; set CUDNN_ROOT or use SCANLINE_CUDNN=OFF")
+  endif()
+elseif(SCANLINE_CUDNN STREQUAL "ON")
+  message(FATAL_ERROR "SCANLINE_CUDNN=ON needs the CUDA backend (SCANLINE_CUDA), which is off")
+endif()
+
 # OpenBLAS beats a hand-written CPU GEMM several times over; the blocked fallback keeps it optional.
 set(SCANLINE_HAVE_BLAS OFF)
 if(NOT SCANLINE_BLAS STREQUAL "OFF")

@@ -6,7 +6,7 @@
 #include "ops/dispatch.h"
 
 #ifdef SCANLINE_HAVE_CUDA
-#include "cuda/attention.h"
+#include "cuda/attention_cudnn.h"
 #endif
 
 namespace scanline {
@@ -51,7 +51,8 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
     lse = r.lse;
   } else {
 #ifdef SCANLINE_HAVE_CUDA
-    auto r = cuda::attention_fwd(q, k, v, causal, resolved);
+    // Our kernels or cuDNN's fused attention (SCANLINE_ATTENTION_ENGINE, cuda/attention_cudnn.h).
+    auto r = cuda::attention_fwd_dispatch(q, k, v, causal, resolved);
     out = r.out;
     lse = r.lse;
 #else
@@ -69,8 +70,8 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal,
              return Grads{g.dq, g.dk, g.dv};
            }
 #ifdef SCANLINE_HAVE_CUDA
-           auto g = cuda::attention_bwd(q, k, v, out, lse, grad, causal, resolved, ctx.needs(0),
-                                        ctx.needs(1) || ctx.needs(2));
+           auto g = cuda::attention_bwd_dispatch(q, k, v, out, lse, grad, causal, resolved, ctx.needs(0),
+                                                 ctx.needs(1) || ctx.needs(2));
            return Grads{ctx.needs(0) ? g.dq : Tensor(), ctx.needs(1) ? g.dk : Tensor(), ctx.needs(2) ? g.dv : Tensor()};
 #else
            ops_detail::no_cuda_kernel("attention backward", q);

@@ -21,7 +21,9 @@ namespace scanline {
 // any headdim and computes in double. q, k, v may be strided views whose last dimension is
 // contiguous (column slices of a fused qkv projection); other layouts are copied. scale must be
 // finite and positive, or 0 for 1/sqrt(headdim). Returns out (batch, L, heads, headdim) in q's
-// dtype. Every input gets a gradient; the CUDA backward is deterministic (no atomics).
+// dtype. Every input gets a gradient. On a GPU, bf16 runs on cuDNN's fused attention when the
+// build has cuDNN (cuda/attention_cudnn.h; SCANLINE_ATTENTION_ENGINE=native|cudnn|auto), whose
+// backward sums dQ with atomics; our own kernels' backward is deterministic (no atomics).
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, bool causal = true, double scale = 0.0);
 
 }  // namespace scanline

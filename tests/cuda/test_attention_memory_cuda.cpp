@@ -38,6 +38,7 @@ TEST_CASE("cuda attention forward + backward peak memory at L 32768 stays below 
     cuda::synchronize(0);
     const size_t peak = cuda::allocator_stats(0).peak_allocated - before;
     INFO("peak ", peak, " bytes above the starting point; Q, K, V, O and gradients ", counted, " bytes");
+    MESSAGE("headdim ", D, ": peak ", double(peak) / double(counted), "x Q, K, V, O and gradients");
     CHECK(double(peak) <= 1.5 * double(counted));
     for (const Tensor* t : {&q, &k, &v}) {
       const std::vector<double> g = t->grad().to_double_vector();
