@@ -70,6 +70,22 @@ else
   echo "| attention-torch | skipped: python3 has no torch | 0 |" >>"$summary"
   echo "== attention-torch: skipped: python3 has no torch (bench/peers/attention_torch.py needs PyTorch)"
 fi
+# Our own attention kernels on the same cases (the op uses cuDNN for bf16 when the build has it).
+SCANLINE_ATTENTION_ENGINE=native "$build_dir/bin/scanline" bench attention >"$out/bench-attention-native.log" 2>&1
+# Whole training steps of issue 10's set-ups, each followed by its PyTorch peer
+# (bench/peers/lm_torch.py: the same model in torch.nn, torch.compile per block) in this same run.
+# The Mamba-1 peer runs eager: its Python-loop scan takes minutes to compile.
+for setup in mamba1_130m mamba2_130m hybrid_234m; do
+  step "bench-train-$setup" "bench-train-$setup.log" "$build_dir/bin/scanline" bench train \
+    --config "$root/configs/bench/$setup.yaml"
+  if python3 -c "import torch" >/dev/null 2>&1; then
+    peer_flags=(--steps 10 --warmup 3)
+    [ "$setup" = mamba1_130m ] && peer_flags=(--no-compile --steps 5 --warmup 2)
+    step "lm-torch-$setup" "lm-torch-$setup.log" python3 "$root/bench/peers/lm_torch.py" \
+      --config "$root/configs/bench/$setup.yaml" "${peer_flags[@]}" --json "$out/lm-torch-$setup.json" \
+      --scanline-log "$out/bench-train-$setup.log"
+  fi
+done
 grep -h -E "tests passed|tests failed" "$out"/*tests.log >>"$summary" 2>/dev/null
 grep -h -A40 "^### " "$out/bench-ops.log" >>"$summary" 2>/dev/null
 grep -h -A9 "^### " "$out/bench-scan.log" >>"$summary" 2>/dev/null
@@ -77,4 +93,5 @@ grep -h -A7 "^### " "$out/bench-ssd.log" >>"$summary" 2>/dev/null
 grep -h -A9 "^### " "$out/ssd-torch.log" >>"$summary" 2>/dev/null
 grep -h -A7 "^### " "$out/bench-attention.log" >>"$summary" 2>/dev/null
 grep -h -A7 "^### " "$out/attention-torch.log" >>"$summary" 2>/dev/null
+grep -h -A5 "^### bench train" "$out"/lm-torch-*.log >>"$summary" 2>/dev/null
 cat "$summary"
