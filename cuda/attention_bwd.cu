@@ -276,12 +276,7 @@ AttentionBackwardResult attention_bwd(const Tensor& q_in, const Tensor& k_in, co
   const int64_t batch = q_in.shape()[0], L = q_in.shape()[1], heads = q_in.shape()[2], D = q_in.shape()[3];
   const int64_t kv_heads = k_in.shape()[2];
   check_operands(op, {&q_in, &k_in, &v_in, &out_in, &grad_in}, D);
-  check_cuda_tensor(op, lse_in, "lse");
-  SCANLINE_CHECK(grad_in.shape() == q_in.shape() && out_in.shape() == q_in.shape(), op,
-                 ": expected the output and its gradient in q's shape ", describe(q_in), " but found ",
-                 describe(out_in), " and ", describe(grad_in));
-  SCANLINE_CHECK(lse_in.dtype() == DType::f32 && lse_in.shape() == Shape({batch, heads, L}), op,
-                 ": expected lse f32 [", batch, ", ", heads, ", ", L, "] but found ", describe(lse_in));
+  check_backward_operands(op, q_in, out_in, lse_in, grad_in);
   DeviceGuard guard(q_in.device().index);
   AttentionBackwardResult r;
   if (need_dq) r.dq = empty(q_in.shape(), q_in.options());

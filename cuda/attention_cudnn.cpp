@@ -398,16 +398,21 @@ void build_backward(Graph& g, const Problem& p, Plan& plan, bool padding) {
   auto P = g.virt("P = exp(S - Stats)", CUDNN_DATA_FLOAT, ss, ss_strides);
   g.pointwise("P = exp(S - Stats)", CUDNN_POINTWISE_EXP, shifted, P);
 
+  // out (b, hk, s, d) = a · x: one product a query head, summed over each kv head's group (GQA).
+  auto kv_head_product = [&](const std::string& name, const std::string& result, cudnnBackendDescriptor_t a,
+                             cudnnBackendDescriptor_t x, cudnnBackendDescriptor_t out) {
+    if (h == hk) {
+      g.matmul(name, a, x, out, seq_kv, nullptr, seq_q);
+      return;
+    }
+    auto per_head = g.virt(result + " per query head", CUDNN_DATA_BFLOAT16, {b, h, s, d}, packed_bhsd(h, s, d));
+    g.matmul(name, a, x, per_head, seq_kv, nullptr, seq_q);
+    g.reduction(result + " summed over the group", CUDNN_REDUCE_TENSOR_ADD, per_head, out);
+  };
   // dV = Pᵀ dO (per query head, then summed over each kv head's group).
   auto PT = g.virt("P^T", CUDNN_DATA_BFLOAT16, {b, h, s, s}, ss_t_strides);
   g.reshape("P^T", P, PT);
-  if (h == hk) {
-    g.matmul("dV = P^T dO", PT, dO, dV, seq_kv, nullptr, seq_q);
-  } else {
-    auto dV_heads = g.virt("dV per query head", CUDNN_DATA_BFLOAT16, {b, h, s, d}, packed_bhsd(h, s, d));
-    g.matmul("dV = P^T dO", PT, dO, dV_heads, seq_kv, nullptr, seq_q);
-    g.reduction("dV summed over the group", CUDNN_REDUCE_TENSOR_ADD, dV_heads, dV);
-  }
+  kv_head_product("dV = P^T dO", "dV", PT, dO, dV);
 
   // dS = P ∘ (dO Vᵀ − D) · scale.
   auto dP = g.virt("dP = dO V^T", CUDNN_DATA_FLOAT, ss, ss_strides);
@@ -422,13 +427,7 @@ void build_backward(Graph& g, const Problem& p, Plan& plan, bool padding) {
   // dK = dSᵀ Q (per query head, then summed over the group).
   auto dST = g.virt("dS^T", CUDNN_DATA_BFLOAT16, {b, h, s, s}, ss_t_strides);
   g.reshape("dS^T", dS, dST);
-  if (h == hk) {
-    g.matmul("dK = dS^T Q", dST, Q, dK, seq_kv, nullptr, seq_q);
-  } else {
-    auto dK_heads = g.virt("dK per query head", CUDNN_DATA_BFLOAT16, {b, h, s, d}, packed_bhsd(h, s, d));
-    g.matmul("dK = dS^T Q", dST, Q, dK_heads, seq_kv, nullptr, seq_q);
-    g.reduction("dK summed over the group", CUDNN_REDUCE_TENSOR_ADD, dK_heads, dK);
-  }
+  kv_head_product("dK = dS^T Q", "dK", dST, Q, dK);
 
   // dQ = dS K into an f32 accumulator, then cast.
   // (f32 like every virtual tensor cudnn-frontend leaves untyped; the engine reads K's bf16 from memory.)
@@ -743,12 +742,7 @@ std::optional<AttentionBackwardResult> run_backward(const Tensor& q_in, const Te
   const int64_t batch = q_in.size(0), L = q_in.size(1), heads = q_in.size(2), D = q_in.size(3);
   const int64_t kv_heads = k_in.size(2);
   check_inputs(op, {&q_in, &k_in, &v_in, &out_in, &grad_in}, D);
-  check_cuda_tensor(op, lse_in, "lse");
-  SCANLINE_CHECK(grad_in.shape() == q_in.shape() && out_in.shape() == q_in.shape(), op,
-                 ": expected the output and its gradient in q's shape ", describe(q_in), " but found ",
-                 describe(out_in), " and ", describe(grad_in));
-  SCANLINE_CHECK(lse_in.dtype() == DType::f32 && lse_in.shape() == Shape({batch, heads, L}), op,
-                 ": expected lse f32 [", batch, ", ", heads, ", ", L, "] but found ", describe(lse_in));
+  attn::check_backward_operands(op, q_in, out_in, lse_in, grad_in);
   DeviceGuard guard(q_in.device().index);
   AttentionBackwardResult r;
   // cuDNN writes all three; the ones not asked for are dropped on return.

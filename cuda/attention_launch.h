@@ -32,6 +32,18 @@ inline void check_operands(const char* op, std::initializer_list<const Tensor*> 
                  headdim, " (the CPU path takes any)");
 }
 
+// The backward's further checks: the output and its gradient in q's shape, lse (batch, heads, L) f32.
+inline void check_backward_operands(const char* op, const Tensor& q, const Tensor& out, const Tensor& lse,
+                                    const Tensor& grad_out) {
+  check_cuda_tensor(op, lse, "lse");
+  const int64_t batch = q.shape()[0], L = q.shape()[1], heads = q.shape()[2];
+  SCANLINE_CHECK(grad_out.shape() == q.shape() && out.shape() == q.shape(), op,
+                 ": expected the output and its gradient in q's shape ", describe(q), " but found ", describe(out),
+                 " and ", describe(grad_out));
+  SCANLINE_CHECK(lse.dtype() == DType::f32 && lse.shape() == Shape({batch, heads, L}), op, ": expected lse f32 [",
+                 batch, ", ", heads, ", ", L, "] but found ", describe(lse));
+}
+
 // t itself when its last dim is contiguous, its data 16-byte aligned and every other stride a
 // whole number of 16-byte vectors (rows are loaded as 16-byte vectors), else a dense copy.
 inline Tensor rows_aligned(const Tensor& t) {
