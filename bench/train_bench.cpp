@@ -19,9 +19,8 @@
 #include "ops/cross_entropy.h"
 #include "ops/elementwise.h"
 #include "ops/views.h"
-#include "trainer/adamw.h"
 #include "trainer/config_loader.h"
-#include "trainer/grad_clip.h"
+#include "trainer/fixed_batch_steps.h"
 #include "trainer/model_factory.h"
 
 namespace scanline::bench {
@@ -76,45 +75,38 @@ int run_train_bench(int argc, char** argv) {
   const MatrixRate matrix = measure_bf16_matrix_rate(8192);
   std::printf("measured bf16 matrix rate: %.0f TFLOP/s (cuBLASLt 8192^3)\n", matrix.tflops);
 
-  Generator gen(config.train.seed);
-  LanguageModel model(lm_config, gen, {.device = device});
-  const double n_params = double(model.parameter_count());
-  std::printf("model: %.1fM parameters, pattern \"%s\", batch %lld x %lld tokens, %s\n", n_params / 1e6,
-              lm_config.pattern.c_str(), (long long)batch, (long long)L, to_string(config.train.precision));
-  const OptimConfig& o = config.optim;
-  AdamW optimizer(model.named_parameters(), {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = o.eps,
-                                             .weight_decay = o.weight_decay});
-  const std::vector<Tensor> params = model.parameters();
+  const int64_t total_steps = warmup + steps;
   Generator data(7);
   const Tensor tokens = randint(0, lm_config.vocab_size, {batch, L + 1}, data, {.dtype = DType::i64, .device = device});
   const Tensor inputs = contiguous(narrow(tokens, 1, 0, L)), targets = contiguous(narrow(tokens, 1, 1, L));
 
   cudaStream_t stream = cuda::current_stream(0);
   Phases ev;
-  std::vector<double> fwd, bwd, opt, total;
-  double last_loss = 0;
-  cuda::synchronize(0);
-  cuda::reset_peak(0);
-  for (int64_t s = 0; s < warmup + steps; ++s) {
-    CUDA_CHECK(cudaEventRecord(ev.start, stream));
-    optimizer.zero_grad();
-    Tensor logits = model.forward(inputs, compute);
-    if (logits.dtype() != DType::f32) logits = to_dtype(logits, DType::f32);
-    const Tensor loss = cross_entropy(reshape(logits, {-1, logits.size(-1)}), reshape(targets, {-1}));
-    logits = Tensor();
-    CUDA_CHECK(cudaEventRecord(ev.forward, stream));
-    backward(loss);
-    CUDA_CHECK(cudaEventRecord(ev.backward, stream));
-    if (o.grad_clip > 0) clip_grad_norm(params, o.grad_clip);
-    optimizer.step(o.lr);
-    CUDA_CHECK(cudaEventRecord(ev.optimizer, stream));
-    CUDA_CHECK(cudaEventSynchronize(ev.optimizer));
-    last_loss = loss.item<double>();
-    if (s < warmup) continue;
-    fwd.push_back(Phases::ms(ev.start, ev.forward));
-    bwd.push_back(Phases::ms(ev.forward, ev.backward));
-    opt.push_back(Phases::ms(ev.backward, ev.optimizer));
-    total.push_back(Phases::ms(ev.start, ev.optimizer));
+  std::vector<double> fwd, bwd, opt, total, losses;
+  double n_params = 0;
+  {
+    Generator gen(config.train.seed);
+    LanguageModel model(lm_config, gen, {.device = device});
+    n_params = double(model.parameter_count());
+    std::printf("model: %.1fM parameters, pattern \"%s\", batch %lld x %lld tokens, %s\n", n_params / 1e6,
+                lm_config.pattern.c_str(), (long long)batch, (long long)L, to_string(config.train.precision));
+    cuda::synchronize(0);
+    cuda::reset_peak(0);
+    losses = train_on_fixed_batch(model, config.optim, inputs, targets, compute, total_steps,
+                                  [&](int64_t s, StepPoint point) {
+                                    const cudaEvent_t e = point == StepPoint::start      ? ev.start
+                                                          : point == StepPoint::forward  ? ev.forward
+                                                          : point == StepPoint::backward ? ev.backward
+                                                                                         : ev.optimizer;
+                                    CUDA_CHECK(cudaEventRecord(e, stream));
+                                    if (point != StepPoint::optimizer) return;
+                                    CUDA_CHECK(cudaEventSynchronize(ev.optimizer));
+                                    if (s < warmup) return;
+                                    fwd.push_back(Phases::ms(ev.start, ev.forward));
+                                    bwd.push_back(Phases::ms(ev.forward, ev.backward));
+                                    opt.push_back(Phases::ms(ev.backward, ev.optimizer));
+                                    total.push_back(Phases::ms(ev.start, ev.optimizer));
+                                  });
   }
   const double step_ms = median(total), tokens_per_s = double(batch * L) / (step_ms * 1e-3);
   const double flops_per_s = 6.0 * n_params * tokens_per_s;
@@ -127,7 +119,27 @@ int run_train_bench(int argc, char** argv) {
               100.0 * flops_per_s / kH100DenseBf16, peak_gib);
   std::printf("\nloss after %lld steps on the fixed random batch: %.4f (the medians are over %lld steps after %lld "
               "warm-up steps; the optimizer phase includes the gradient clipping)\n",
-              (long long)(warmup + steps), last_loss, (long long)steps, (long long)warmup);
+              (long long)total_steps, losses.back(), (long long)steps, (long long)warmup);
+  if (compute == DType::f32) return 0;
+
+  // Fast must still be right: the same steps from the same initialisation in f32 (the timed model
+  // is freed first), loss by loss (trainer/fixed_batch_steps.h; bf16 tolerance 2e-2).
+  std::vector<double> reference;
+  {
+    Generator gen(config.train.seed);
+    LanguageModel model(lm_config, gen, {.device = device});
+    reference = train_on_fixed_batch(model, config.optim, inputs, targets, DType::f32, total_steps);
+  }
+  constexpr double kRtol = 2e-2;
+  const LossAgreement agreement = compare_loss_curves(losses, reference, kRtol);
+  std::printf("\n### loss check: %s against f32, step by step\n\n| step | %s loss | f32 loss |\n| ---: | ---: | ---: |\n",
+              to_string(config.train.precision), to_string(config.train.precision));
+  for (int64_t s = 0; s < total_steps; ++s)
+    if (s == 0 || (s + 1) % 5 == 0 || s + 1 == total_steps || s == agreement.worst_step)
+      std::printf("| %lld | %.4f | %.4f |\n", (long long)(s + 1), losses[size_t(s)], reference[size_t(s)]);
+  std::printf("\nloss check: %s (largest difference at step %lld: %.2f of the allowance %g x max(|f32 loss|, 1))\n",
+              agreement.ok ? "ok" : "FAILED", (long long)(agreement.worst_step + 1), agreement.worst_ratio, kRtol);
+  if (!agreement.ok) return 1;
   return 0;
 }
 
