@@ -10,8 +10,11 @@
 #include "data/copying.h"
 #include "trainer/batch_sources.h"
 #include "trainer/config_loader.h"
+#include "support/task_streams.h"
 
 using namespace scanline;
+using scanline::testing::row;
+using scanline::testing::same;
 
 namespace {
 
@@ -19,17 +22,6 @@ CopyingOptions copy_options(int64_t seq_len, int64_t batch, int64_t n_tokens, in
                             uint64_t seed, int64_t rank = 0, int64_t world = 1) {
   return {.seq_len = seq_len, .batch = batch, .n_tokens = n_tokens, .min_len = min_len, .max_len = max_len,
           .seed = seed, .rank = rank, .world = world};
-}
-
-std::vector<int64_t> row(const Tensor& t, int64_t r) {
-  std::vector<int64_t> all = t.to_vector<int64_t>();
-  int64_t L = t.size(1);
-  return {all.begin() + r * L, all.begin() + (r + 1) * L};
-}
-
-bool same(const Batch& a, const Batch& b) {
-  return a.inputs.to_vector<int64_t>() == b.inputs.to_vector<int64_t>() &&
-         a.targets.to_vector<int64_t>() == b.targets.to_vector<int64_t>();
 }
 
 // Checks one sequence's layout; returns its string length n.
@@ -118,48 +110,21 @@ TEST_CASE("a copying example is the training row: prompt = string + separator, a
 
 TEST_CASE("the copying stream depends only on the seed, and each sequence only on its index") {
   Copying a(copy_options(24, 8, 6, 3, 10, 7)), b(copy_options(24, 8, 6, 3, 10, 7)), c(copy_options(24, 8, 6, 3, 10, 8));
-  for (int i = 0; i < 3; ++i) {
-    Batch ba = a.next(), bb = b.next(), bc = c.next();
-    CHECK(same(ba, bb));
-    CHECK_FALSE(same(ba, bc));
-    for (int64_t r = 0; r < 8; ++r) {
-      std::vector<int64_t> in(24), tg(24);
-      a.write_sequence(i * 8 + r, in.data(), tg.data());
-      CHECK(in == row(ba.inputs, r));
-      CHECK(tg == row(ba.targets, r));
-    }
-  }
+  testing::check_stream_is_pure(a, b, c, 8, 24);
 }
 
 TEST_CASE("copying ranks take every world-th sequence: their union is the 1-rank stream") {
-  const int64_t world = 3, per_rank = 4;
-  Copying single(copy_options(20, per_rank * world, 5, 2, 8, 11));
-  std::vector<std::unique_ptr<Copying>> ranks;
-  for (int64_t r = 0; r < world; ++r)
-    ranks.push_back(std::make_unique<Copying>(copy_options(20, per_rank, 5, 2, 8, 11, r, world)));
-  for (int b = 0; b < 3; ++b) {
-    Batch whole = single.next();
-    std::vector<Batch> parts;
-    for (auto& task : ranks) parts.push_back(task->next());
-    for (int64_t j = 0; j < per_rank * world; ++j) {
-      CHECK(row(whole.inputs, j) == row(parts[size_t(j % world)].inputs, j / world));
-      CHECK(row(whole.targets, j) == row(parts[size_t(j % world)].targets, j / world));
-    }
-  }
-  for (auto& task : ranks) CHECK(task->position() == single.position());
+  testing::check_ranks_partition<Copying>(
+      [](int64_t batch, int64_t rank, int64_t world) {
+        return std::make_unique<Copying>(copy_options(20, batch, 5, 2, 8, 11, rank, world));
+      },
+      3, 4);
 }
 
 TEST_CASE("a copying generator restored from position() continues exactly") {
-  Copying task(copy_options(20, 4, 5, 2, 8, 12));
-  for (int i = 0; i < 5; ++i) task.next();
-  std::vector<int64_t> saved = task.position();
+  Copying task(copy_options(20, 4, 5, 2, 8, 12)), restored(copy_options(20, 4, 5, 2, 8, 12));
+  const std::vector<int64_t> saved = testing::check_position_restores(task, restored, 5, 5);
   CHECK(saved == std::vector<int64_t>{Copying::kPositionTag, 1, 20, 12, 20, 5, 2, 8});
-  std::vector<Batch> expected;
-  for (int i = 0; i < 5; ++i) expected.push_back(task.next());
-  Copying restored(copy_options(20, 4, 5, 2, 8, 12));
-  restored.set_position(saved);
-  for (int i = 0; i < 5; ++i) CHECK(same(restored.next(), expected[size_t(i)]));
-  CHECK(restored.position() == task.position());
 
   Copying other_len(copy_options(20, 4, 5, 2, 9, 12));
   CHECK_THROWS_WITH_AS(other_len.set_position(saved),

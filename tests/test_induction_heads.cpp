@@ -10,25 +10,17 @@
 #include "data/induction_heads.h"
 #include "trainer/batch_sources.h"
 #include "trainer/config_loader.h"
+#include "support/task_streams.h"
 
 using namespace scanline;
+using scanline::testing::row;
+using scanline::testing::same;
 
 namespace {
 
 InductionHeadsOptions induction_options(int64_t seq_len, int64_t batch, int64_t n_tokens, uint64_t seed,
                                         int64_t rank = 0, int64_t world = 1) {
   return {.seq_len = seq_len, .batch = batch, .n_tokens = n_tokens, .seed = seed, .rank = rank, .world = world};
-}
-
-std::vector<int64_t> row(const Tensor& t, int64_t r) {
-  std::vector<int64_t> all = t.to_vector<int64_t>();
-  int64_t L = t.size(1);
-  return {all.begin() + r * L, all.begin() + (r + 1) * L};
-}
-
-bool same(const Batch& a, const Batch& b) {
-  return a.inputs.to_vector<int64_t>() == b.inputs.to_vector<int64_t>() &&
-         a.targets.to_vector<int64_t>() == b.targets.to_vector<int64_t>();
 }
 
 // Checks one sequence's layout; returns the position s of the first special token.
@@ -109,50 +101,22 @@ TEST_CASE("an induction heads example is the training row: the whole sequence, t
 }
 
 TEST_CASE("the induction heads stream depends only on the seed, and each sequence only on its index") {
-  InductionHeads a(induction_options(30, 8, 16, 7)), b(induction_options(30, 8, 16, 7)),
-      c(induction_options(30, 8, 16, 8));
-  for (int i = 0; i < 3; ++i) {
-    Batch ba = a.next(), bb = b.next(), bc = c.next();
-    CHECK(same(ba, bb));
-    CHECK_FALSE(same(ba, bc));
-    for (int64_t r = 0; r < 8; ++r) {
-      std::vector<int64_t> in(30), tg(30);
-      a.write_sequence(i * 8 + r, in.data(), tg.data());
-      CHECK(in == row(ba.inputs, r));
-      CHECK(tg == row(ba.targets, r));
-    }
-  }
+  InductionHeads a(induction_options(30, 8, 16, 7)), b(induction_options(30, 8, 16, 7)), c(induction_options(30, 8, 16, 8));
+  testing::check_stream_is_pure(a, b, c, 8, 30);
 }
 
 TEST_CASE("induction heads ranks take every world-th sequence: their union is the 1-rank stream") {
-  const int64_t world = 4, per_rank = 2;
-  InductionHeads single(induction_options(20, per_rank * world, 16, 11));
-  std::vector<std::unique_ptr<InductionHeads>> ranks;
-  for (int64_t r = 0; r < world; ++r)
-    ranks.push_back(std::make_unique<InductionHeads>(induction_options(20, per_rank, 16, 11, r, world)));
-  for (int b = 0; b < 3; ++b) {
-    Batch whole = single.next();
-    std::vector<Batch> parts;
-    for (auto& task : ranks) parts.push_back(task->next());
-    for (int64_t j = 0; j < per_rank * world; ++j) {
-      CHECK(row(whole.inputs, j) == row(parts[size_t(j % world)].inputs, j / world));
-      CHECK(row(whole.targets, j) == row(parts[size_t(j % world)].targets, j / world));
-    }
-  }
-  for (auto& task : ranks) CHECK(task->position() == single.position());
+  testing::check_ranks_partition<InductionHeads>(
+      [](int64_t batch, int64_t rank, int64_t world) {
+        return std::make_unique<InductionHeads>(induction_options(20, batch, 16, 11, rank, world));
+      },
+      4, 2);
 }
 
 TEST_CASE("an induction heads generator restored from position() continues exactly") {
-  InductionHeads task(induction_options(20, 3, 16, 12));
-  for (int i = 0; i < 4; ++i) task.next();
-  std::vector<int64_t> saved = task.position();
+  InductionHeads task(induction_options(20, 3, 16, 12)), restored(induction_options(20, 3, 16, 12));
+  const std::vector<int64_t> saved = testing::check_position_restores(task, restored, 4, 4);
   CHECK(saved == std::vector<int64_t>{InductionHeads::kPositionTag, 1, 12, 12, 20, 16});
-  std::vector<Batch> expected;
-  for (int i = 0; i < 4; ++i) expected.push_back(task.next());
-  InductionHeads restored(induction_options(20, 3, 16, 12));
-  restored.set_position(saved);
-  for (int i = 0; i < 4; ++i) CHECK(same(restored.next(), expected[size_t(i)]));
-  CHECK(restored.position() == task.position());
 
   InductionHeads longer(induction_options(40, 3, 16, 12));
   CHECK_THROWS_WITH_AS(longer.set_position(saved),

@@ -13,8 +13,11 @@
 #include "data/phonebook.h"
 #include "trainer/batch_sources.h"
 #include "trainer/config_loader.h"
+#include "support/task_streams.h"
 
 using namespace scanline;
+using scanline::testing::row;
+using scanline::testing::same;
 
 namespace {
 
@@ -22,17 +25,6 @@ PhonebookOptions book_options(int64_t seq_len, int64_t batch, int64_t entries, i
                               uint64_t seed, int64_t rank = 0, int64_t world = 1) {
   return {.seq_len = seq_len, .batch = batch, .entries = entries, .digits = digits, .shots = shots, .seed = seed,
           .rank = rank, .world = world};
-}
-
-std::vector<int64_t> row(const Tensor& t, int64_t r) {
-  std::vector<int64_t> all = t.to_vector<int64_t>();
-  int64_t L = t.size(1);
-  return {all.begin() + r * L, all.begin() + (r + 1) * L};
-}
-
-bool same(const Batch& a, const Batch& b) {
-  return a.inputs.to_vector<int64_t>() == b.inputs.to_vector<int64_t>() &&
-         a.targets.to_vector<int64_t>() == b.targets.to_vector<int64_t>();
 }
 
 std::vector<int64_t> bytes(const std::string& s) { return {s.begin(), s.end()}; }
@@ -172,50 +164,22 @@ TEST_CASE("a thousand-entry book keeps names and numbers unique") {
 }
 
 TEST_CASE("the phonebook stream depends only on the seed, and each sequence only on its index") {
-  Phonebook a(book_options(150, 4, 6, 6, 1, 7)), b(book_options(150, 4, 6, 6, 1, 7)),
-      c(book_options(150, 4, 6, 6, 1, 8));
-  for (int i = 0; i < 3; ++i) {
-    Batch ba = a.next(), bb = b.next(), bc = c.next();
-    CHECK(same(ba, bb));
-    CHECK_FALSE(same(ba, bc));
-    for (int64_t r = 0; r < 4; ++r) {
-      std::vector<int64_t> in(150), tg(150);
-      a.write_sequence(i * 4 + r, in.data(), tg.data());
-      CHECK(in == row(ba.inputs, r));
-      CHECK(tg == row(ba.targets, r));
-    }
-  }
+  Phonebook a(book_options(150, 4, 6, 6, 1, 7)), b(book_options(150, 4, 6, 6, 1, 7)), c(book_options(150, 4, 6, 6, 1, 8));
+  testing::check_stream_is_pure(a, b, c, 4, 150);
 }
 
 TEST_CASE("phonebook ranks take every world-th sequence: their union is the 1-rank stream") {
-  const int64_t world = 2, per_rank = 3;
-  Phonebook single(book_options(120, per_rank * world, 5, 4, 0, 11));
-  std::vector<std::unique_ptr<Phonebook>> ranks;
-  for (int64_t r = 0; r < world; ++r)
-    ranks.push_back(std::make_unique<Phonebook>(book_options(120, per_rank, 5, 4, 0, 11, r, world)));
-  for (int b = 0; b < 3; ++b) {
-    Batch whole = single.next();
-    std::vector<Batch> parts;
-    for (auto& task : ranks) parts.push_back(task->next());
-    for (int64_t j = 0; j < per_rank * world; ++j) {
-      CHECK(row(whole.inputs, j) == row(parts[size_t(j % world)].inputs, j / world));
-      CHECK(row(whole.targets, j) == row(parts[size_t(j % world)].targets, j / world));
-    }
-  }
-  for (auto& task : ranks) CHECK(task->position() == single.position());
+  testing::check_ranks_partition<Phonebook>(
+      [](int64_t batch, int64_t rank, int64_t world) {
+        return std::make_unique<Phonebook>(book_options(120, batch, 5, 4, 0, 11, rank, world));
+      },
+      2, 3);
 }
 
 TEST_CASE("a phonebook generator restored from position() continues exactly") {
-  Phonebook task(book_options(120, 3, 5, 4, 1, 12));
-  for (int i = 0; i < 4; ++i) task.next();
-  std::vector<int64_t> saved = task.position();
+  Phonebook task(book_options(120, 3, 5, 4, 1, 12)), restored(book_options(120, 3, 5, 4, 1, 12));
+  const std::vector<int64_t> saved = testing::check_position_restores(task, restored, 4, 4);
   CHECK(saved == std::vector<int64_t>{Phonebook::kPositionTag, 1, 12, 12, 120, 5, 4, 1});
-  std::vector<Batch> expected;
-  for (int i = 0; i < 4; ++i) expected.push_back(task.next());
-  Phonebook restored(book_options(120, 3, 5, 4, 1, 12));
-  restored.set_position(saved);
-  for (int i = 0; i < 4; ++i) CHECK(same(restored.next(), expected[size_t(i)]));
-  CHECK(restored.position() == task.position());
 
   Phonebook bigger(book_options(120, 3, 6, 4, 1, 12));
   CHECK_THROWS_WITH_AS(bigger.set_position(saved),

@@ -7,8 +7,11 @@
 
 #include "core/error.h"
 #include "data/selective_copying.h"
+#include "support/task_streams.h"
 
 using namespace scanline;
+using scanline::testing::row;
+using scanline::testing::same;
 
 namespace {
 
@@ -16,17 +19,6 @@ SelectiveCopyingOptions task_options(int64_t seq_len, int64_t batch, int64_t n_m
                                      uint64_t seed, int64_t n_noise = 0, int64_t rank = 0, int64_t world = 1) {
   return {.seq_len = seq_len, .batch = batch, .n_memorize = n_memorize, .n_colors = n_colors, .n_noise = n_noise,
           .seed = seed, .rank = rank, .world = world};
-}
-
-std::vector<int64_t> row(const Tensor& t, int64_t r) {
-  std::vector<int64_t> all = t.to_vector<int64_t>();
-  int64_t L = t.size(1);
-  return {all.begin() + r * L, all.begin() + (r + 1) * L};
-}
-
-bool same(const Batch& a, const Batch& b) {
-  return a.inputs.to_vector<int64_t>() == b.inputs.to_vector<int64_t>() &&
-         a.targets.to_vector<int64_t>() == b.targets.to_vector<int64_t>();
 }
 
 // Checks one sequence's layout; returns the region positions holding colours.
@@ -113,48 +105,21 @@ TEST_CASE("the shortest sequence fills the whole region with colours; noise toke
 
 TEST_CASE("the stream depends only on the seed, and each sequence only on its index") {
   SelectiveCopying a(task_options(50, 8, 6, 8, 7)), b(task_options(50, 8, 6, 8, 7)), c(task_options(50, 8, 6, 8, 8));
-  for (int i = 0; i < 3; ++i) {
-    Batch ba = a.next(), bb = b.next(), bc = c.next();
-    CHECK(same(ba, bb));
-    CHECK_FALSE(same(ba, bc));
-    for (int64_t r = 0; r < 8; ++r) {
-      std::vector<int64_t> in(50), tg(50);
-      a.write_sequence(i * 8 + r, in.data(), tg.data());
-      CHECK(in == row(ba.inputs, r));
-      CHECK(tg == row(ba.targets, r));
-    }
-  }
+  testing::check_stream_is_pure(a, b, c, 8, 50);
 }
 
 TEST_CASE("ranks take every world-th sequence: their union is the 1-rank stream") {
-  const int64_t world = 4, per_rank = 3;
-  SelectiveCopying single(task_options(30, per_rank * world, 4, 5, 11));
-  std::vector<std::unique_ptr<SelectiveCopying>> ranks;
-  for (int64_t r = 0; r < world; ++r)
-    ranks.push_back(std::make_unique<SelectiveCopying>(task_options(30, per_rank, 4, 5, 11, 0, r, world)));
-  for (int b = 0; b < 3; ++b) {
-    Batch whole = single.next();
-    std::vector<Batch> parts;
-    for (auto& task : ranks) parts.push_back(task->next());
-    for (int64_t j = 0; j < per_rank * world; ++j) {
-      CHECK(row(whole.inputs, j) == row(parts[size_t(j % world)].inputs, j / world));
-      CHECK(row(whole.targets, j) == row(parts[size_t(j % world)].targets, j / world));
-    }
-  }
-  for (auto& task : ranks) CHECK(task->position() == single.position());
+  testing::check_ranks_partition<SelectiveCopying>(
+      [](int64_t batch, int64_t rank, int64_t world) {
+        return std::make_unique<SelectiveCopying>(task_options(30, batch, 4, 5, 11, 0, rank, world));
+      },
+      4, 3);
 }
 
 TEST_CASE("a generator restored from position() continues exactly") {
-  SelectiveCopying task(task_options(33, 4, 5, 8, 12, 2));
-  for (int i = 0; i < 5; ++i) task.next();
-  std::vector<int64_t> saved = task.position();
+  SelectiveCopying task(task_options(33, 4, 5, 8, 12, 2)), restored(task_options(33, 4, 5, 8, 12, 2));
+  const std::vector<int64_t> saved = testing::check_position_restores(task, restored, 5, 5);
   CHECK(saved[2] == 20);
-  std::vector<Batch> expected;
-  for (int i = 0; i < 5; ++i) expected.push_back(task.next());
-  SelectiveCopying restored(task_options(33, 4, 5, 8, 12, 2));
-  restored.set_position(saved);
-  for (int i = 0; i < 5; ++i) CHECK(same(restored.next(), expected[size_t(i)]));
-  CHECK(restored.position() == task.position());
 
   SelectiveCopying other_colors(task_options(33, 4, 5, 9, 12, 2));
   CHECK_THROWS_WITH_AS(other_colors.set_position(saved),

@@ -11,8 +11,11 @@
 #include "core/random.h"
 #include "data/selective_copying.h"
 #include "data/window_loader.h"
+#include "support/task_streams.h"
 
 using namespace scanline;
+using scanline::testing::row;
+using scanline::testing::same;
 namespace fs = std::filesystem;
 
 namespace {
@@ -44,17 +47,6 @@ WindowLoaderOptions options(int64_t seq_len, int64_t batch, uint64_t seed, int64
                             Split split = Split::train, double val_fraction = 0.1) {
   return {.seq_len = seq_len, .batch = batch, .seed = seed, .rank = rank, .world = world, .split = split,
           .val_fraction = val_fraction};
-}
-
-std::vector<int64_t> row(const Tensor& t, int64_t r) {
-  std::vector<int64_t> all = t.to_vector<int64_t>();
-  int64_t L = t.size(1);
-  return {all.begin() + r * L, all.begin() + (r + 1) * L};
-}
-
-bool same(const Batch& a, const Batch& b) {
-  return a.inputs.to_vector<int64_t>() == b.inputs.to_vector<int64_t>() &&
-         a.targets.to_vector<int64_t>() == b.targets.to_vector<int64_t>();
 }
 
 }  // namespace
