@@ -3,7 +3,6 @@
 // is loaded as `generate` loads it (trainer/load_model.h). Every command-line problem is exit
 // code 2 naming the flag; a corrupt checkpoint is reported by main (exit 1).
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -12,6 +11,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "trainer/cli/usage.h"
 #include "trainer/config_loader.h"
 #include "trainer/device_select.h"
 #include "trainer/load_model.h"
@@ -52,12 +52,6 @@ constexpr const char* kUsage =
     "table: answer exact match (every token of the answer right) and per-token accuracy a length.\n"
     "Exit codes: 0 done, 1 error (e.g. a corrupt checkpoint), 2 invalid command line.\n";
 
-struct UsageError {
-  std::string message;
-};
-
-[[noreturn]] void usage_problem(const std::string& message) { throw UsageError{message}; }
-
 struct Args {
   ModelRequest model;
   std::string task, json, name;
@@ -65,14 +59,6 @@ struct Args {
   std::vector<std::string> sets;  // "KEY=VALUE" after data.task_options.
   int64_t examples = 256, batch = 32;
 };
-
-int64_t parse_int(const std::string& flag, const std::string& text) {
-  char* end = nullptr;
-  errno = 0;
-  const long long v = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || errno) usage_problem(flag + " expects an integer, found '" + text + "'");
-  return v;
-}
 
 std::vector<int64_t> parse_lengths(const std::string& text) {
   std::vector<int64_t> lengths;
@@ -208,17 +194,7 @@ int run(const Args& a) {
 }  // namespace
 
 int eval(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i)
-    if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") {
-      std::printf("%s", kUsage);
-      return 0;
-    }
-  try {
-    return run(parse_args(argc, argv));
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "scanline eval: error: %s (see scanline eval --help)\n", e.message.c_str());
-    return 2;
-  }
+  return run_command("eval", kUsage, argc, argv, [](int n, char** v) { return run(parse_args(n, v)); });
 }
 
 }  // namespace scanline::cli

@@ -4,7 +4,6 @@
 // more tokens); otherwise prompts are token ids. Every command-line problem (missing checkpoint,
 // empty prompt, token id outside the vocabulary, a value out of range) is exit code 2 naming the
 // flag; a corrupt checkpoint or a bad saved config is reported by main (exit 1 or 2).
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -18,6 +17,7 @@
 #include "core/error.h"
 #include "data/byte_tokenizer.h"
 #include "models/generation.h"
+#include "trainer/cli/usage.h"
 #include "trainer/device_select.h"
 #include "trainer/load_model.h"
 
@@ -52,13 +52,6 @@ constexpr const char* kUsage =
     "Prints each prompt's continuation (text for byte vocabularies, token ids otherwise) and a timing\n"
     "line. Exit codes: 0 done, 1 error (e.g. a corrupt checkpoint), 2 invalid command line.\n";
 
-// A command-line problem: main's handlers never see it, the command returns 2.
-struct UsageError {
-  std::string message;
-};
-
-[[noreturn]] void usage_problem(const std::string& message) { throw UsageError{message}; }
-
 struct Prompt {
   std::string flag;  // where it came from, for messages: "--prompt 2", "--prompts-file F:3"
   std::string text;
@@ -78,14 +71,6 @@ double parse_double(const std::string& flag, const std::string& text) {
   char* end = nullptr;
   const double v = std::strtod(text.c_str(), &end);
   if (text.empty() || *end != '\0' || !std::isfinite(v)) usage_problem(flag + " expects a number, found '" + text + "'");
-  return v;
-}
-
-int64_t parse_int(const std::string& flag, const std::string& text) {
-  char* end = nullptr;
-  errno = 0;
-  const long long v = std::strtoll(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || errno) usage_problem(flag + " expects an integer, found '" + text + "'");
   return v;
 }
 
@@ -291,17 +276,7 @@ int run(const Args& a) {
 }  // namespace
 
 int generate(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i)
-    if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") {
-      std::printf("%s", kUsage);
-      return 0;
-    }
-  try {
-    return run(parse_args(argc, argv));
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "scanline generate: error: %s (see scanline generate --help)\n", e.message.c_str());
-    return 2;
-  }
+  return run_command("generate", kUsage, argc, argv, [](int n, char** v) { return run(parse_args(n, v)); });
 }
 
 }  // namespace scanline::cli

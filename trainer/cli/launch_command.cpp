@@ -11,6 +11,7 @@
 #include <string>
 
 #include "core/error.h"
+#include "trainer/cli/usage.h"
 #include "trainer/launch.h"
 #include "trainer/tcp_socket.h"
 
@@ -31,9 +32,8 @@ constexpr const char* kUsage =
     "SIGINT and SIGTERM are forwarded to every rank. Exit codes: 0 every rank exited 0, 2 invalid\n"
     "command line, otherwise the first failed rank's status (128 + N for a rank killed by signal N).\n";
 
-struct UsageError {
-  std::string message;
-};
+// --help is looked for before `--` only (what follows belongs to the launched command), so launch
+// does not use run_command; its usage problems are the shared UsageError.
 struct HelpWanted {};
 
 int parse_int(const std::string& flag, const char* text, int low, int high) {
