@@ -19,6 +19,9 @@ import math
 import os
 import sys
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from plot_common import finite, import_pyplot  # noqa: E402 (after the path it is found on)
+
 
 def fail(message):
     print(f"plot.py: error: {message}", file=sys.stderr)
@@ -27,28 +30,6 @@ def fail(message):
 
 def warn(message):
     print(f"plot.py: warning: {message}", file=sys.stderr)
-
-
-def import_pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        # A Python of its own (pyenv, a venv) may be first on PATH while Debian's python3-matplotlib
-        # lives under /usr/bin/python3: try that one once before giving up.
-        system = "/usr/bin/python3"
-        if (os.environ.get("SCANLINE_PLOT_REEXEC") is None and os.path.exists(system)
-                and os.path.realpath(sys.executable) != os.path.realpath(system)):
-            os.environ["SCANLINE_PLOT_REEXEC"] = "1"
-            os.execv(system, [system, os.path.abspath(__file__)] + sys.argv[1:])
-        fail("matplotlib is not installed for " + sys.executable +
-             " (Debian: apt-get install python3-matplotlib)")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def finite(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_run(path):
@@ -111,7 +92,7 @@ def main():
     args = parser.parse_args()  # exits with 2 on a usage error
 
     runs = [read_run(p) for p in args.runs]
-    plt = import_pyplot()
+    plt = import_pyplot(fail)
 
     if args.out is not None:
         prefix = args.out

@@ -15,35 +15,16 @@ Exit codes: 0 written, 2 a usage error, a missing or malformed file, or no matpl
 
 import argparse
 import json
-import math
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from plot_common import finite, import_pyplot  # noqa: E402 (after the path it is found on)
 
 
 def fail(message):
     print(f"plot_eval.py: error: {message}", file=sys.stderr)
     sys.exit(2)
-
-
-def import_pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        # As tools/plot.py: Debian's python3 may have matplotlib when the first one on PATH has not.
-        system = "/usr/bin/python3"
-        if (os.environ.get("SCANLINE_PLOT_REEXEC") is None and os.path.exists(system)
-                and os.path.realpath(sys.executable) != os.path.realpath(system)):
-            os.environ["SCANLINE_PLOT_REEXEC"] = "1"
-            os.execv(system, [system, os.path.abspath(__file__)] + sys.argv[1:])
-        fail("matplotlib is not installed for " + sys.executable +
-             " (Debian: apt-get install python3-matplotlib)")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def read_eval(path):
@@ -59,7 +40,7 @@ def read_eval(path):
         fail(f"'{path}' is not a scanline eval file (no \"lengths\" list)")
     points = []
     for i, row in enumerate(record["lengths"]):
-        if not isinstance(row, dict) or not all(number(row.get(k)) for k in ("length", "exact_match", "token_accuracy")):
+        if not isinstance(row, dict) or not all(finite(row.get(k)) for k in ("length", "exact_match", "token_accuracy")):
             fail(f"'{path}': lengths[{i}] needs numeric length, exact_match and token_accuracy")
         points.append((row["length"], row["exact_match"], row["token_accuracy"]))
     points.sort()
@@ -75,7 +56,7 @@ def main():
     parser.add_argument("--title", default=None)
     args = parser.parse_args()
     evals = [read_eval(p) for p in args.files]
-    plt = import_pyplot()
+    plt = import_pyplot(fail)
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     metrics = ["exact_match", "token_accuracy"] if args.metric == "both" else [args.metric]
