@@ -14,30 +14,14 @@
 #include "autograd/grad_mode.h"
 #include "models/generation.h"
 #include "ops/ops.h"
+#include "support/tiny_language_model.h"
 
 using namespace scanline;
 
 namespace {
 
-// Untied head and a vocabulary of 37 (padded to 40): a random tied model mostly repeats its input
-// token, which would let a teacher-forcing bug hide.
 LanguageModelConfig tiny(const std::string& pattern, const std::string& ssm) {
-  LanguageModelConfig c;
-  c.vocab_size = 37;
-  c.pad_vocab_multiple = 8;
-  c.tie_embeddings = false;
-  c.pattern = pattern;
-  c.ssm = ssm;
-  c.mamba.d_model = 8;
-  c.mamba.d_state = 4;
-  c.mamba2.d_state = 4;
-  c.mamba2.headdim = 4;
-  c.mamba2.chunk_size = 4;
-  c.attention.n_heads = 2;
-  c.attention.n_kv_heads = 1;
-  c.attention.rope = true;
-  c.mlp.hidden = 16;
-  return c;
+  return testing::tiny_untied_config(pattern, ssm, /*rope=*/true);
 }
 
 struct Case {

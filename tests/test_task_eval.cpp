@@ -22,6 +22,7 @@
 #include "models/generation.h"
 #include "ops/ops.h"
 #include "tests/support/temp_dir.h"
+#include "tests/support/tiny_language_model.h"
 #include "trainer/batch_sources.h"
 #include "trainer/model_factory.h"
 #include "trainer/task_eval.h"
@@ -80,21 +81,7 @@ class FakeStepper : public GreedyStepper {
 };
 
 LanguageModelConfig tiny(const std::string& pattern, const std::string& ssm) {
-  LanguageModelConfig c;
-  c.vocab_size = 37;
-  c.pad_vocab_multiple = 8;
-  c.tie_embeddings = false;  // a random tied model mostly repeats its input
-  c.pattern = pattern;
-  c.ssm = ssm;
-  c.mamba.d_model = 8;
-  c.mamba.d_state = 4;
-  c.mamba2.d_state = 4;
-  c.mamba2.headdim = 4;
-  c.mamba2.chunk_size = 4;
-  c.attention.n_heads = 2;
-  c.attention.n_kv_heads = 1;
-  c.mlp.hidden = 16;
-  return c;
+  return testing::tiny_untied_config(pattern, ssm, /*rope=*/false);
 }
 
 // task_example.h's replay, one example at a time, re-running the whole forward for every token.
