@@ -19,14 +19,19 @@ void prepare_run_dir(const std::string& run_dir, const std::string& config_yaml)
   fs::create_directories(run_dir, ec);
   SCANLINE_CHECK(!ec && fs::is_directory(run_dir), "cannot create the run folder '", run_dir, "': ",
                  ec ? ec.message() : std::string("not a directory"));
-  const fs::path target = fs::path(run_dir) / "config.yaml";
-  const fs::path temporary = fs::path(run_dir) / ("config.yaml.tmp." + std::to_string(getpid()));
+  write_file_atomically((fs::path(run_dir) / "config.yaml").string(), config_yaml);
+}
+
+void write_file_atomically(const std::string& path, const std::string& text) {
+  const fs::path target(path);
+  const fs::path temporary = target.string() + ".tmp." + std::to_string(getpid());
   {
     std::ofstream out(temporary, std::ios::trunc);
-    out << config_yaml;
+    out << text;
     out.flush();
     SCANLINE_CHECK(out.good(), "cannot write '", temporary.string(), "': ", std::strerror(errno));
   }
+  std::error_code ec;
   fs::rename(temporary, target, ec);
   if (ec) fs::remove(temporary);
   SCANLINE_CHECK(!ec, "cannot write '", target.string(), "': ", ec.message());

@@ -10,6 +10,10 @@ namespace scanline {
 // Creates the folder (and its parents) and writes <run_dir>/config.yaml atomically.
 void prepare_run_dir(const std::string& run_dir, const std::string& config_yaml);
 
+// Writes `text` to `path` through a temporary file beside it and a rename, so a reader sees the
+// old file or the whole new one, never a part; an Error naming the file when it cannot.
+void write_file_atomically(const std::string& path, const std::string& text);
+
 // The checkpoint to resume from for `resume` = "" (a fresh run), "auto" or a checkpoint path:
 //   ""     nullopt; an Error when run_dir already holds checkpoints, so a fresh run never mixes
 //          its checkpoints with an older run's (resume it, or choose another train.run_dir);

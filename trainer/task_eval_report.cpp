@@ -5,10 +5,11 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
+#include <sstream>
 
 #include "core/error.h"
 #include "trainer/device_select.h"
+#include "trainer/run_dir.h"
 
 namespace scanline {
 
@@ -94,16 +95,10 @@ void evaluate_trained_model(const LanguageModel& model, Device device, const Run
                info.task, step, e.examples, describe_device(device), dtype_name(info.compute));
   ModelStepper stepper(model, info.compute);
   const std::vector<LengthScore> scores = score_lengths(e.lengths, examples, stepper, e.batch);
-  // Written whole, then renamed: a reader never sees half a file.
-  const fs::path path = fs::path(config.train.run_dir) / "eval.json", temporary = path.string() + ".tmp";
-  {
-    std::ofstream out(temporary);
-    write_task_eval_json(out, info, scores);
-    SCANLINE_CHECK(out.flush(), "cannot write '", temporary.string(), "'");
-  }
-  std::error_code ec;
-  fs::rename(temporary, path, ec);
-  SCANLINE_CHECK(!ec, "cannot rename '", temporary.string(), "' to '", path.string(), "': ", ec.message());
+  const fs::path path = fs::path(config.train.run_dir) / "eval.json";
+  std::ostringstream json;
+  write_task_eval_json(json, info, scores);
+  write_file_atomically(path.string(), json.str());
   spdlog::info("task evaluation written to {}", path.string());
 }
 
