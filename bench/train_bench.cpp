@@ -7,8 +7,6 @@
 #include <string>
 #include <vector>
 
-#include "autograd/engine.h"
-#include "autograd/grad_mode.h"
 #include "bench/matrix_rate.h"
 #include "core/cuda/caching_allocator.h"
 #include "core/cuda/cuda_check.h"
@@ -16,8 +14,6 @@
 #include "core/random.h"
 #include "cuda/device_query.h"
 #include "models/language_model.h"
-#include "ops/cross_entropy.h"
-#include "ops/elementwise.h"
 #include "ops/views.h"
 #include "trainer/config_loader.h"
 #include "trainer/fixed_batch_steps.h"
