@@ -14,7 +14,8 @@
 namespace scanline {
 
 std::vector<double> train_on_fixed_batch(LanguageModel& model, const OptimConfig& o, const Tensor& inputs,
-                                         const Tensor& targets, DType compute, int64_t steps, const StepHook& hook) {
+                                         const Tensor& targets, DType compute, int64_t steps, const StepHook& hook,
+                                         GradReduction reduction) {
   AdamW optimizer(model.named_parameters(), {.lr = o.lr, .beta1 = o.beta1, .beta2 = o.beta2, .eps = o.eps,
                                              .weight_decay = o.weight_decay});
   const std::vector<Tensor> params = model.parameters();
@@ -30,8 +31,11 @@ std::vector<double> train_on_fixed_batch(LanguageModel& model, const OptimConfig
     const Tensor loss = cross_entropy(reshape(logits, {-1, logits.size(-1)}), reshape(targets, {-1}));
     logits = Tensor();  // the graph keeps what the backward needs; the f32 copy can go
     at(s, StepPoint::forward);
-    backward(loss);
+    if (reduction.reducer && reduction.overlap) backward(loss, Tensor(), false, reduction.reducer->hook());
+    else backward(loss);
     at(s, StepPoint::backward);
+    if (reduction.reducer) reduction.reducer->finish();
+    at(s, StepPoint::reduced);
     if (o.grad_clip > 0) clip_grad_norm(params, o.grad_clip);
     optimizer.step(o.lr);
     at(s, StepPoint::optimizer);
