@@ -5,7 +5,13 @@ namespace scanline::cuda {
 StridedLayout layout_of(const Tensor& t, const Shape& shape) {
   SCANLINE_CHECK(int(shape.size()) <= kMaxDims, "cuda: tensors of more than ", kMaxDims,
                  " dimensions are not supported, found ", describe(t));
-  std::vector<int64_t> strides = broadcast_strides(t.shape(), t.strides(), shape);
+  return layout_of_dims(shape, broadcast_strides(t.shape(), t.strides(), shape));
+}
+
+StridedLayout layout_of_dims(const Shape& shape, const std::vector<int64_t>& strides) {
+  SCANLINE_CHECK(int(shape.size()) <= kMaxDims && strides.size() == shape.size(), "cuda: expected at most ",
+                 kMaxDims, " dims with a stride each, found ", shape.size(), " sizes and ", strides.size(),
+                 " strides");
   StridedLayout l;
   // Drop size-1 dims and merge dims that are contiguous with each other: fewer divisions per element.
   for (size_t d = 0; d < shape.size(); ++d) {

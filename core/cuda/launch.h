@@ -62,6 +62,8 @@ struct StridedLayout {
 // The layout of t read as `shape` (t broadcast to it; strides 0 on broadcast dims).
 StridedLayout layout_of(const Tensor& t, const Shape& shape);
 inline StridedLayout layout_of(const Tensor& t) { return layout_of(t, t.shape()); }
+// The same from sizes and element strides (size-1 dims dropped, contiguous runs merged).
+StridedLayout layout_of_dims(const Shape& shape, const std::vector<int64_t>& strides);
 
 // Pointer to element 0 of t's storage (kernels add the tensor's offset themselves via layouts,
 // or use data_at for a dense tensor).

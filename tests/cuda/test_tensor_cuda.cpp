@@ -147,6 +147,54 @@ TEST_CASE("cuda strided copies: transpose then contiguous, permute, copy into a 
   CHECK(same_bytes(to_device(big_t, Device::cpu()), contiguous(transpose(big, 0, 1))));
 }
 
+TEST_CASE("cuda transposed and row copies: batched, sliced, converting and ragged") {
+  // The layouts of the mixers: (batch, L, E) read as (batch, E, L) and back, slices of a wider last
+  // dim, B/C rows of 16, sizes that are not multiples of the 32 x 32 tile, and dtype conversions.
+  for (DType from : {DType::f32, DType::bf16}) {
+    for (DType to : {DType::f32, DType::bf16}) {
+      CAPTURE(from);
+      CAPTURE(to);
+      Tensor x = varied_cpu({3, 37, 70}, 51, from);
+      Tensor g = on_gpu(x);
+      CHECK(same_bytes(to_device(contiguous_copy(transpose(g, 1, 2), to, gpu()), Device::cpu()),
+                       contiguous_copy(transpose(x, 1, 2), to, Device::cpu())));
+      Tensor slice = narrow(x, 2, 5, 16), slice_gpu = narrow(g, 2, 5, 16);
+      CHECK(same_bytes(to_device(contiguous_copy(transpose(slice_gpu, 1, 2), to, gpu()), Device::cpu()),
+                       contiguous_copy(transpose(slice, 1, 2), to, Device::cpu())));
+      // Into a transposed destination: the tiles write along the destination's unit stride.
+      Tensor dst = empty({3, 70, 37}, {.dtype = to, .device = gpu()});
+      copy_into(transpose(dst, 1, 2), g);
+      CHECK(same_bytes(to_device(dst, Device::cpu()), contiguous_copy(transpose(x, 1, 2), to, Device::cpu())));
+    }
+  }
+  // Row copies: slices of a wider last dim, aligned (packs of 16 bytes) and not (odd offsets and
+  // widths), converting, and more rows than one grid dimension holds.
+  for (DType from : {DType::f32, DType::bf16}) {
+    for (DType to : {DType::f32, DType::bf16}) {
+      CAPTURE(from);
+      CAPTURE(to);
+      Tensor x = varied_cpu({5, 41, 200}, 54, from);
+      Tensor g = on_gpu(x);
+      for (auto [start, width] : {std::pair<int64_t, int64_t>{0, 64}, {64, 128}, {3, 97}, {1, 33}}) {
+        CAPTURE(start);
+        CAPTURE(width);
+        CHECK(same_bytes(to_device(contiguous_copy(narrow(g, 2, start, width), to, gpu()), Device::cpu()),
+                         contiguous_copy(narrow(x, 2, start, width), to, Device::cpu())));
+      }
+    }
+  }
+  Tensor tall = varied_cpu({70001, 48}, 55, DType::bf16);
+  CHECK(same_bytes(to_device(contiguous(narrow(on_gpu(tall), 1, 8, 32)), Device::cpu()),
+                   contiguous(narrow(tall, 1, 8, 32))));
+  // A 4-d permutation with two batch dims, and a large one (more tiles than one grid pass).
+  Tensor p = varied_cpu({2, 9, 33, 40}, 52, DType::f32);
+  CHECK(same_bytes(to_device(contiguous(permute(on_gpu(p), {0, 3, 1, 2})), Device::cpu()),
+                   contiguous(permute(p, {0, 3, 1, 2}))));
+  Tensor big = varied_cpu({4, 2048, 1100}, 53, DType::bf16);
+  CHECK(same_bytes(to_device(contiguous(transpose(on_gpu(big), 1, 2)), Device::cpu()),
+                   contiguous(transpose(big, 1, 2))));
+}
+
 TEST_CASE("cuda fill on whole tensors and views") {
   for (DType dtype : kAllDTypes) {
     CAPTURE(dtype);
@@ -178,6 +226,15 @@ TEST_CASE("cuda accumulate_into adds any strides into a tensor") {
     accumulate_into(narrow(dst_gpu, 1, 2, 5), narrow(transpose(src_gpu, 0, 1), 1, 0, 5));
     accumulate_into(narrow(dst, 1, 2, 5), narrow(transpose(src, 0, 1), 1, 0, 5));
     check_relative(dst_gpu, dst, 0.0, 1.0, "accumulate into a view");
+  }
+  // Through the 32 x 32 tiles (sides of at least 8): a batch of transposed gradients, ragged edges.
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    CAPTURE(dtype);
+    Tensor dst = random_cpu({3, 45, 70}, 45, dtype), src = random_cpu({3, 70, 45}, 46, dtype);
+    Tensor dst_gpu = on_gpu(dst);
+    accumulate_into(dst_gpu, transpose(on_gpu(src), 1, 2));
+    accumulate_into(dst, transpose(src, 1, 2));
+    check_relative(dst_gpu, dst, 0.0, 1.0, "accumulate transposed through tiles");
   }
   Tensor big = random_cpu({1000003}, 43, DType::f32), add_to = random_cpu({1000003}, 44, DType::f32);
   Tensor big_gpu = on_gpu(big);
