@@ -57,7 +57,7 @@ struct TransposePlan {
   int64_t src_col_stride = 0;       // the source's stride along the destination's unit-stride dim
   int64_t dst_row_stride = 0;       // and the reverse
   StridedLayout batch_src, batch_dst;
-  int64_t batch = 1, row_tiles = 0, col_tiles = 0;
+  int64_t batch = 1, row_tiles = 0, col_tiles = 0;  // tiles of the kernel's side
 };
 
 constexpr int kTile = 32, kTileRows = 8;
@@ -121,6 +121,44 @@ __global__ void row_copy_kernel(D* dst, const S* src, RowPlan p) {
       for (int i = 0; i < V; ++i) out.v[i] = convert<D>(in.v[i]);
       d[c] = out;
     }
+  }
+}
+
+// The transpose of 2-byte types (the bf16 activations) in 64 x 64 tiles, two neighbours a thread:
+// 4-byte accesses put 128 contiguous bytes under each warp instruction on both sides and twice the
+// bytes in flight of the 32 x 32 kernel. Needs even sizes and strides (pairs stay together).
+constexpr int kWideTile = 64;
+
+template <typename D, typename S, bool Accumulate>
+__global__ void __launch_bounds__(kTile * kTileRows) transpose_pairs_kernel(D* dst, const S* src, TransposePlan p) {
+  __shared__ __align__(4) D tile[kWideTile][kWideTile + 2];  // [column][row]: an odd word count a line
+  const int64_t tiles = p.batch * p.row_tiles * p.col_tiles;
+  const int pair = 2 * int(threadIdx.x);
+  for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const int64_t ct = t % p.col_tiles, rest = t / p.col_tiles;
+    const int64_t rt = rest % p.row_tiles, b = rest / p.row_tiles;
+    const S* s = src + p.batch_src.offset(b);
+    D* d = dst + p.batch_dst.offset(b);
+    const int64_t r0 = rt * kWideTile, c0 = ct * kWideTile;
+    for (int j = threadIdx.y; j < kWideTile; j += kTileRows) {
+      const int64_t r = r0 + pair, c = c0 + j;
+      if (r >= p.rows || c >= p.cols) continue;
+      const Pack<S, 2> in = *reinterpret_cast<const Pack<S, 2>*>(s + r + c * p.src_col_stride);
+      *reinterpret_cast<Pack<D, 2>*>(&tile[j][pair]) = {convert<D>(in.v[0]), convert<D>(in.v[1])};
+    }
+    __syncthreads();
+    for (int j = threadIdx.y; j < kWideTile; j += kTileRows) {
+      const int64_t r = r0 + j, c = c0 + pair;
+      if (r >= p.rows || c >= p.cols) continue;
+      Pack<D, 2>* out = reinterpret_cast<Pack<D, 2>*>(d + r * p.dst_row_stride + c);
+      Pack<D, 2> v = {tile[pair][j], tile[pair + 1][j]};
+      if constexpr (Accumulate) {
+        const Pack<D, 2> old = *out;
+        for (int i = 0; i < 2; ++i) v.v[i] = from_math<D>(load_math(&old.v[i]) + load_math(&v.v[i]));
+      }
+      *out = v;
+    }
+    __syncthreads();
   }
 }
 
@@ -192,9 +230,37 @@ std::optional<TransposePlan> plan_transpose(const Tensor& dst, const Tensor& src
     p.batch *= batch_shape[d];
   }
   p.batch_src.ndim = p.batch_dst.ndim = int(batch_shape.size());
-  p.row_tiles = (p.rows + kTile - 1) / kTile;
-  p.col_tiles = (p.cols + kTile - 1) / kTile;
-  return p;
+  return p;  // the tile counts are the launcher's (its tile size)
+}
+
+// Whether the pair kernel applies: 2-byte types, even sizes, strides and addresses, tiles of 64.
+template <typename D, typename S>
+bool pairs_fit(const TransposePlan& p, const void* d, const void* s) {
+  if constexpr (sizeof(D) != 2 || sizeof(S) != 2) {
+    return false;
+  } else {
+    bool even = p.rows % 2 == 0 && p.cols % 2 == 0 && p.src_col_stride % 2 == 0 && p.dst_row_stride % 2 == 0 &&
+                reinterpret_cast<uintptr_t>(d) % 4 == 0 && reinterpret_cast<uintptr_t>(s) % 4 == 0;
+    for (int i = 0; i < p.batch_src.ndim; ++i)
+      even = even && p.batch_src.strides[i] % 2 == 0 && p.batch_dst.strides[i] % 2 == 0;
+    return even && p.rows >= kWideTile && p.cols >= kWideTile;
+  }
+}
+
+template <typename D, typename S, bool Accumulate>
+void launch_transpose(D* d, const S* s, TransposePlan p, cudaStream_t stream) {
+  const bool pairs = pairs_fit<D, S>(p, d, s);
+  const int64_t side = pairs ? kWideTile : kTile;
+  p.row_tiles = (p.rows + side - 1) / side;
+  p.col_tiles = (p.cols + side - 1) / side;
+  const unsigned blocks = blocks_for(p.batch * p.row_tiles * p.col_tiles, 1);
+  if constexpr (sizeof(D) == 2 && sizeof(S) == 2) {  // instantiated for the 2-byte pairs only
+    if (pairs) {
+      transpose_pairs_kernel<D, S, Accumulate><<<blocks, dim3(kTile, kTileRows), 0, stream>>>(d, s, p);
+      return;
+    }
+  }
+  transpose_copy_kernel<D, S, Accumulate><<<blocks, dim3(kTile, kTileRows), 0, stream>>>(d, s, p);
 }
 
 // The row-copy plan when both tensors are contiguous along the last dim (and it is long enough to
@@ -264,8 +330,7 @@ void copy_tensor(const Tensor& dst, const Tensor& src) {
       } else if (const std::optional<RowPlan> r = plan_rows(dst, src)) {
         launch_row_copy(d, s, *r, stream);
       } else if (const std::optional<TransposePlan> t = plan_transpose(dst, src)) {
-        const int64_t tiles = t->batch * t->row_tiles * t->col_tiles;
-        transpose_copy_kernel<D, S><<<blocks_for(tiles, 1), dim3(kTile, kTileRows), 0, stream>>>(d, s, *t);
+        launch_transpose<D, S, false>(d, s, *t, stream);
       } else {
         const StridedLayout dl = layout_of(dst), sl = layout_of(src);
         if (fits32(n, {&dl, &sl}))
@@ -298,9 +363,7 @@ void accumulate_tensor(const Tensor& dst, const Tensor& src) {
   DeviceGuard guard(dst.device().index);
   dispatch_floating_device(dst.dtype(), "accumulate", [&]<typename T>() {
     if (const std::optional<TransposePlan> t = plan_transpose(dst, src)) {
-      const int64_t tiles = t->batch * t->row_tiles * t->col_tiles;
-      transpose_copy_kernel<T, T, true><<<blocks_for(tiles, 1), dim3(kTile, kTileRows), 0, current_stream()>>>(
-          data_at<T>(dst), data_at<const T>(src), *t);
+      launch_transpose<T, T, true>(data_at<T>(dst), data_at<const T>(src), *t, current_stream());
       CUDA_CHECK_LAUNCH("transpose_copy_kernel");
       return;
     }

@@ -186,6 +186,18 @@ TEST_CASE("cuda transposed and row copies: batched, sliced, converting and ragge
   Tensor tall = varied_cpu({70001, 48}, 55, DType::bf16);
   CHECK(same_bytes(to_device(contiguous(narrow(on_gpu(tall), 1, 8, 32)), Device::cpu()),
                    contiguous(narrow(tall, 1, 8, 32))));
+  // The 64 x 64 tiles of 2-byte pairs (even sizes of at least 64): same dtype, bf16 -> f16, and
+  // into a transposed destination.
+  Tensor w = varied_cpu({2, 96, 130}, 56, DType::bf16);
+  Tensor wg = on_gpu(w);
+  for (DType to : {DType::bf16, DType::f16}) {
+    CAPTURE(to);
+    CHECK(same_bytes(to_device(contiguous_copy(transpose(wg, 1, 2), to, gpu()), Device::cpu()),
+                     contiguous_copy(transpose(w, 1, 2), to, Device::cpu())));
+  }
+  Tensor wt = empty({2, 130, 96}, {.dtype = DType::bf16, .device = gpu()});
+  copy_into(transpose(wt, 1, 2), wg);
+  CHECK(same_bytes(to_device(wt, Device::cpu()), contiguous(transpose(w, 1, 2))));
   // A 4-d permutation with two batch dims, and a large one (more tiles than one grid pass).
   Tensor p = varied_cpu({2, 9, 33, 40}, 52, DType::f32);
   CHECK(same_bytes(to_device(contiguous(permute(on_gpu(p), {0, 3, 1, 2})), Device::cpu()),
@@ -230,11 +242,14 @@ TEST_CASE("cuda accumulate_into adds any strides into a tensor") {
   // Through the 32 x 32 tiles (sides of at least 8): a batch of transposed gradients, ragged edges.
   for (DType dtype : {DType::f32, DType::bf16}) {
     CAPTURE(dtype);
-    Tensor dst = random_cpu({3, 45, 70}, 45, dtype), src = random_cpu({3, 70, 45}, 46, dtype);
-    Tensor dst_gpu = on_gpu(dst);
-    accumulate_into(dst_gpu, transpose(on_gpu(src), 1, 2));
-    accumulate_into(dst, transpose(src, 1, 2));
-    check_relative(dst_gpu, dst, 0.0, 1.0, "accumulate transposed through tiles");
+    // Odd sides (32 x 32 tiles) and even ones of at least 64 (bf16: the 64 x 64 pair tiles).
+    for (auto [rows, cols] : {std::pair<int64_t, int64_t>{45, 70}, {130, 96}}) {
+      Tensor dst = random_cpu({3, rows, cols}, 45, dtype), src = random_cpu({3, cols, rows}, 46, dtype);
+      Tensor dst_gpu = on_gpu(dst);
+      accumulate_into(dst_gpu, transpose(on_gpu(src), 1, 2));
+      accumulate_into(dst, transpose(src, 1, 2));
+      check_relative(dst_gpu, dst, 0.0, 1.0, "accumulate transposed through tiles");
+    }
   }
   Tensor big = random_cpu({1000003}, 43, DType::f32), add_to = random_cpu({1000003}, 44, DType::f32);
   Tensor big_gpu = on_gpu(big);
