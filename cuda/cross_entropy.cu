@@ -95,7 +95,8 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T, typename Index, int W, int kGroup>
 __global__ void __launch_bounds__(kThreads)
     cross_entropy_backward_kernel(const T* __restrict__ logits, const Index* __restrict__ targets,
-                                  const math_t<T>* __restrict__ lse, const T* __restrict__ grad, int64_t grad_stride,
+                                  const math_t<T>* __restrict__ lse, const math_t<T>* __restrict__ grad,
+                                  int64_t grad_stride,
                                   math_t<T> scale, int64_t rows, int64_t classes, int64_t ignore_index,
                                   T* __restrict__ dlogits) {
   using A = math_t<T>;
@@ -112,7 +113,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int64_t i = g.tid; i < packs; i += g.nthreads) rowwise::store_pack_stream<T, W>(dr + i * W, zero);
       continue;
     }
-    const A coef = scale * at(grad[row * grad_stride]);
+    const A coef = scale * grad[row * grad_stride];
     const A l = lse[row];
     auto gradient = [&](const Pack<T, W>& x, int64_t first_class) {
       const int64_t target_at = t - first_class;  // in [0, W) when the pack holds the target
@@ -252,8 +253,13 @@ Tensor cross_entropy_backward(const Tensor& grad_in, const Tensor& logits_in, co
                  " elements but found ", describe(grad_in));
   SCANLINE_CHECK(lse_in.numel() == rows && lse_in.dtype() == loss_dtype_of(logits.dtype()), op,
                  ": expected ", rows, " saved logsumexp values but found ", describe(lse_in));
-  Tensor grad = grad_in.dtype() == logits.dtype() ? as_contiguous(grad_in)
-                                                  : contiguous_copy(grad_in, logits.dtype(), grad_in.device());
+  SCANLINE_CHECK(is_floating(grad_in.dtype()), op, ": expected a floating gradient but found ", describe(grad_in));
+  // The incoming gradient has the loss's dtype, which may differ from the logits' (an f32 loss of
+  // bf16 logits): it is read in the math dtype, so an f32 gradient is never rounded to bf16. A
+  // bf16 or f16 one converts exactly; the copy is one value a row at most.
+  const DType math_dtype = loss_dtype_of(logits.dtype());
+  Tensor grad = grad_in.dtype() == math_dtype ? as_contiguous(grad_in)
+                                              : contiguous_copy(grad_in, math_dtype, grad_in.device());
   Tensor lse = as_contiguous(lse_in);
   Tensor out = empty(logits.shape(), logits.options());
   if (rows == 0) return out;
@@ -264,7 +270,7 @@ Tensor cross_entropy_backward(const Tensor& grad_in, const Tensor& logits_in, co
       const T* px = data_at<const T>(logits);
       const Index* pt = data_at<const Index>(targets);
       const math_t<T>* pl = data_at<const math_t<T>>(lse);
-      const T* pg = data_at<const T>(grad);
+      const math_t<T>* pg = data_at<const math_t<T>>(grad);
       T* po = data_at<T>(out);
       const math_t<T> s = math_t<T>(scale);
       launch_rows<T>(rows, classes, pack_width<T>(classes, px, po), [&]<int W, int kGroup>(unsigned blocks, int threads) {

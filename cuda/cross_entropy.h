@@ -24,7 +24,9 @@ CrossEntropyForward cross_entropy_forward(const Tensor& logits, const Tensor& ta
 Tensor cross_entropy_total(const Tensor& losses, double scale, DType dtype);
 
 // d loss / d logits = scale * g_r * (exp(logit - lse) - onehot(target)), 0 for ignored rows; grad
-// holds one element or one per row. Returns a contiguous tensor of logits' shape and dtype.
+// holds one element or one per row, of any floating dtype (the loss's, which need not be the
+// logits': an f32 loss of bf16 logits), read as f32 (f64 for f64 logits). Returns a contiguous
+// tensor of logits' shape and dtype.
 Tensor cross_entropy_backward(const Tensor& grad, const Tensor& logits, const Tensor& targets, const Tensor& lse,
                               int64_t ignore_index, double scale);
 

@@ -19,23 +19,23 @@ namespace {
 // The CUDA path: per-row losses and logsumexp stay on the device, totals are a deterministic
 // device reduction; only the target check's result (with the count for the mean) is copied back.
 Tensor cross_entropy_cuda(const Tensor& logits, const Tensor& targets, int64_t ignore_index, Reduction reduction,
-                          const Shape& lead) {
+                          DType loss_dtype, const Shape& lead) {
   constexpr const char* op = "cross_entropy";
   cuda::CrossEntropyForward forward = cuda::cross_entropy_forward(logits, targets, ignore_index);
   Tensor out;
   double scale = 1.0;  // d out / d row loss
   switch (reduction) {
     case Reduction::none:
-      out = contiguous_copy(as_strided(forward.losses, lead, contiguous_strides(lead), 0), logits.dtype(),
+      out = contiguous_copy(as_strided(forward.losses, lead, contiguous_strides(lead), 0), loss_dtype,
                             logits.device());
       break;
     case Reduction::sum:
-      out = cuda::cross_entropy_total(forward.losses, 1.0, logits.dtype());
+      out = cuda::cross_entropy_total(forward.losses, 1.0, loss_dtype);
       break;
     case Reduction::mean:
       // With every target ignored there is nothing to average: the loss and its gradient are 0.
       scale = forward.count > 0 ? 1.0 / double(forward.count) : 0.0;
-      out = cuda::cross_entropy_total(forward.losses, scale, logits.dtype());
+      out = cuda::cross_entropy_total(forward.losses, scale, loss_dtype);
       break;
   }
   record(op, {logits}, {out},
@@ -49,8 +49,16 @@ Tensor cross_entropy_cuda(const Tensor& logits, const Tensor& targets, int64_t i
 #endif
 
 Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index, Reduction reduction) {
+  ops_detail::check_floating("cross_entropy", logits, "logits");
+  return cross_entropy(logits, targets, ignore_index, reduction, logits.dtype());
+}
+
+Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore_index, Reduction reduction,
+                     DType loss_dtype) {
   constexpr const char* op = "cross_entropy";
   ops_detail::check_floating(op, logits, "logits");
+  SCANLINE_CHECK(is_floating(loss_dtype), op, ": expected loss_dtype to be floating (f64, f32, bf16 or f16) but found ",
+                 dtype_name(loss_dtype));
   ops_detail::check_defined(op, targets, "targets");
   SCANLINE_CHECK(targets.dtype() == DType::i64 || targets.dtype() == DType::i32, op,
                  ": expected targets to be class indices (i64 or i32) but found ", describe(targets));
@@ -61,7 +69,7 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
   SCANLINE_CHECK(logits.size(-1) >= 1, op, ": expected at least one class but found logits ", describe(logits));
   ops_detail::check_same_device(op, {logits, targets});
 #ifdef SCANLINE_HAVE_CUDA
-  if (logits.device().is_cuda()) return cross_entropy_cuda(logits, targets, ignore_index, reduction, lead);
+  if (logits.device().is_cuda()) return cross_entropy_cuda(logits, targets, ignore_index, reduction, loss_dtype, lead);
 #endif
   if (!logits.device().is_cpu()) ops_detail::no_cuda_kernel(op, logits);
 
@@ -73,15 +81,15 @@ Tensor cross_entropy(const Tensor& logits, const Tensor& targets, int64_t ignore
   double scale = 1.0;  // d out / d row loss
   switch (reduction) {
     case Reduction::none:
-      out = contiguous_copy(from_vector<double>(forward.losses, lead), logits.dtype(), logits.device());
+      out = contiguous_copy(from_vector<double>(forward.losses, lead), loss_dtype, logits.device());
       break;
     case Reduction::sum:
-      out = scalar_tensor(total, logits.options());
+      out = scalar_tensor(total, logits.options().with_dtype(loss_dtype));
       break;
     case Reduction::mean:
       // With every target ignored there is nothing to average: the loss and its gradient are 0.
       scale = forward.count > 0 ? 1.0 / double(forward.count) : 0.0;
-      out = scalar_tensor(total * scale, logits.options());
+      out = scalar_tensor(total * scale, logits.options().with_dtype(loss_dtype));
       break;
   }
   record(op, {logits}, {out},

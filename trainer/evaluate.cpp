@@ -14,9 +14,9 @@ EvalResult evaluate(const LanguageModel& model, BatchSource& source, int64_t bat
     Batch batch = source.next();
     Tensor logits = model.forward(to_device(batch.inputs, device), compute);
     const int64_t vocab = logits.size(-1);
-    Tensor flat = reshape(to_dtype(logits, DType::f32), {-1, vocab});
+    Tensor flat = reshape(logits, {-1, vocab});  // as they come: the loss is f32, argmax reads any dtype
     Tensor targets = reshape(to_device(batch.targets, device), {-1});
-    loss_sum += cross_entropy(flat, targets, kIgnoreIndex, Reduction::sum).item<double>();
+    loss_sum += cross_entropy(flat, targets, kIgnoreIndex, Reduction::sum, DType::f32).item<double>();
     const std::vector<int64_t> predicted = argmax(flat, -1).to_vector<int64_t>();
     const std::vector<int64_t> expected = batch.targets.to_vector<int64_t>();
     for (size_t i = 0; i < expected.size(); ++i) {

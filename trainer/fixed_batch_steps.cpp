@@ -27,9 +27,10 @@ std::vector<double> train_on_fixed_batch(LanguageModel& model, const OptimConfig
     at(s, StepPoint::start);
     optimizer.zero_grad();
     Tensor logits = model.forward(inputs, compute);
-    if (logits.dtype() != DType::f32) logits = to_dtype(logits, DType::f32);
-    const Tensor loss = cross_entropy(reshape(logits, {-1, logits.size(-1)}), reshape(targets, {-1}));
-    logits = Tensor();  // the graph keeps what the backward needs; the f32 copy can go
+    // An f32 loss of the logits as they come (bf16 under bf16 compute): no f32 copy of them.
+    const Tensor loss = cross_entropy(reshape(logits, {-1, logits.size(-1)}), reshape(targets, {-1}), -100,
+                                      Reduction::mean, DType::f32);
+    logits = Tensor();  // the graph keeps what the backward needs
     at(s, StepPoint::forward);
     if (reduction.reducer && reduction.overlap) backward(loss, Tensor(), false, reduction.reducer->hook());
     else backward(loss);

@@ -202,9 +202,9 @@ StepRecord Trainer::State::train_step(int64_t n) {
     Batch batch = sources.train->next();  // drawn even after a non-finite loss: the stream stays in step
     if (!loss_finite) continue;
     Tensor logits = model->forward(to_device(batch.inputs, device), compute);
-    if (logits.dtype() != DType::f32) logits = to_dtype(logits, DType::f32);  // the loss accumulates in f32
+    // The loss is f32 whatever the logits' dtype; the logits' gradient comes back in their dtype.
     Tensor loss = cross_entropy(reshape(logits, {-1, logits.size(-1)}), reshape(to_device(batch.targets, device), {-1}),
-                                kIgnoreIndex, Reduction::mean);
+                                kIgnoreIndex, Reduction::mean, DType::f32);
     const double value = loss.item<double>();
     if (!std::isfinite(value)) {
       loss_finite = false;

@@ -1,7 +1,8 @@
 // Fused CUDA cross-entropy (cuda/cross_entropy.cu) against the CPU path on the same values:
 // every reduction, ignore_index rows, all rows ignored, i32 targets, (B, L, C) logits,
 // vocabulary-sized bf16 rows, unaligned rows and strided logits, forward and backward; and the
-// out-of-range target error, raised from a device check with the CPU path's message.
+// out-of-range target error, raised from a device check with the CPU path's message; and a loss
+// dtype other than the logits' (bf16/f16 logits with an f32 loss, the trainer's call).
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -66,6 +67,46 @@ void check_every_reduction(const Tensor& logits, const Tensor& targets, int64_t 
                            bool transpose_view = false) {
   for (Reduction r : {Reduction::none, Reduction::mean, Reduction::sum})
     check_cross_entropy(logits, targets, ignore_index, r, label, transpose_view);
+}
+
+// cross_entropy(..., loss_dtype) on both devices, every reduction: the loss in loss_dtype within
+// f32 rounding of the CPU path and of the float64 loss of the same logit values; the logits'
+// gradient in the logits' dtype, from an upstream gradient in loss_dtype whose values are not
+// bf16 values, element-wise within the logits' dtype's tolerance of the CPU's. For bf16/f16
+// logits nearly every element must equal the CPU's bit for bit: a kernel that rounded the f32
+// upstream gradient to bf16 (0.4% here) would round about half of them the other way.
+void check_loss_dtype(const Tensor& logits, const Tensor& targets, int64_t ignore_index, DType loss_dtype,
+                      const std::string& label) {
+  const Tensor tg = contiguous_copy(targets, targets.dtype(), gpu());
+  const Tensor reference_logits = contiguous_copy(logits, DType::f64, Device::cpu());
+  for (Reduction r : {Reduction::none, Reduction::mean, Reduction::sum}) {
+    const std::string what = label + " loss " + dtype_name(loss_dtype) + " reduction " + reduction_name(r);
+    CAPTURE(what);
+    Tensor lc = cpu_leaf(logits), lg = on_gpu(logits, true);
+    Tensor yc = cross_entropy(lc, targets, ignore_index, r, loss_dtype);
+    Tensor yg = cross_entropy(lg, tg, ignore_index, r, loss_dtype);
+    REQUIRE(yg.device().is_cuda());
+    REQUIRE(yg.dtype() == loss_dtype);
+    REQUIRE(yc.dtype() == loss_dtype);
+    REQUIRE(yg.shape() == yc.shape());
+    check_relative(yg, yc, 1e-5, 1.0, what + " forward against the CPU");
+    check_relative(yg, cross_entropy(reference_logits, targets, ignore_index, r), 1e-5, 1.0,
+                   what + " forward against float64");
+    Tensor g = r == Reduction::none ? random_cpu(yc.shape(), 43, loss_dtype, 0.5, 1.5)
+                                    : full({}, 1.0 + 0.99 / 256.0, {.dtype = loss_dtype});
+    backward(yc, g);
+    backward(yg, on_gpu(g));
+    REQUIRE(lg.grad().defined());
+    REQUIRE(lg.grad().dtype() == logits.dtype());
+    check_relative(lg.grad(), lc.grad(), tolerance_for(logits.dtype()), 1e-30, what + " backward");
+    if (logits.dtype() == DType::bf16 || logits.dtype() == DType::f16) {
+      const std::vector<double> a = lg.grad().to_double_vector(), e = lc.grad().to_double_vector();
+      size_t differ = 0;
+      for (size_t i = 0; i < a.size(); ++i) differ += a[i] != e[i];
+      INFO(what, ": ", differ, " of ", a.size(), " gradient elements differ from the CPU's");
+      CHECK(differ <= 1 + a.size() / 50);
+    }
+  }
 }
 
 }  // namespace
@@ -159,4 +200,36 @@ TEST_CASE("cuda cross_entropy reports an out-of-range target with the CPU messag
   }
   // The device is healthy afterwards.
   check_cross_entropy(logits, make_targets({2, 3}, 5, 30, 0, -100), -100, Reduction::mean, "after the error");
+}
+
+TEST_CASE("cuda cross_entropy of bf16 and f16 logits with an f32 loss: f32 total, gradient in the logits' dtype") {
+  for (DType dtype : {DType::bf16, DType::f16}) {
+    CAPTURE(dtype);
+    check_loss_dtype(random_cpu({6, 5}, 51, dtype, -3.0, 3.0), make_targets({6}, 5, 52, 3, -100), -100, DType::f32,
+                     "(6, 5)");
+    check_loss_dtype(random_cpu({37, 1000}, 53, dtype, -4.0, 4.0), make_targets({37}, 1000, 54, 5, -100), -100,
+                     DType::f32, "(37, 1000)");
+    check_loss_dtype(random_cpu({2, 3, 41}, 55, dtype, -3.0, 3.0), make_targets({2, 3}, 41, 56, 4, -100, DType::i32),
+                     -100, DType::f32, "(2, 3, 41) i32, unaligned rows");
+  }
+  // Vocabulary-sized rows: 50277 (odd: one element a pack) and 50304 (16-byte packs).
+  check_loss_dtype(random_cpu({2, 3, 50277}, 57, DType::bf16, -6.0, 6.0), make_targets({2, 3}, 50277, 58, 4, -100),
+                   -100, DType::f32, "(2, 3, 50277) bf16");
+  check_loss_dtype(random_cpu({4, 50304}, 59, DType::bf16, -6.0, 6.0), make_targets({4}, 50304, 60, 3, -1), -1,
+                   DType::f32, "(4, 50304) bf16 ignore -1");
+  // Every target ignored: 0 and zero bf16 gradients.
+  check_loss_dtype(random_cpu({5, 33}, 61, DType::bf16), make_targets({5}, 33, 62, 1, -100), -100, DType::f32,
+                   "all ignored");
+  // Wider than the logits too: f32 logits, f64 loss (the f64 grad is read as f32).
+  check_loss_dtype(random_cpu({9, 300}, 63, DType::f32, -4.0, 4.0), make_targets({9}, 300, 64, 4, -100), -100,
+                   DType::f64, "(9, 300) f32");
+}
+
+TEST_CASE("cuda cross_entropy rejects a loss dtype that is not floating") {
+  const Tensor logits = on_gpu(random_cpu({3, 5}, 65, DType::bf16));
+  const Tensor targets = on_gpu(make_targets({3}, 5, 66, 0, -100));
+  CHECK_THROWS_WITH_AS(cross_entropy(logits, targets, -100, Reduction::mean, DType::i64),
+                       doctest::Contains("cross_entropy: expected loss_dtype to be floating (f64, f32, bf16 or f16) "
+                                         "but found i64"),
+                       Error);
 }
