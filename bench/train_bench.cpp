@@ -138,16 +138,23 @@ int check_against_f32(const RunConfig& config, const LanguageModelConfig& lm_con
     LanguageModel model(lm_config, gen, {.device = device});
     reference = train_on_fixed_batch(model, config.optim, inputs, targets, DType::f32, total_steps);
   }
+  // The gate is issue 10's: the loss after the last step within bf16 tolerance of f32's. The whole
+  // curve is printed with its largest per-step difference, which is not a gate: where a memorised
+  // batch's loss falls by most of a nat a step, a lead of a few hundredths of a step is already
+  // over 2e-2 (Mamba-2, step 15 of 25 on the H100: 0.894 against 0.922, the steps around it within).
   constexpr double kRtol = 2e-2;
   const LossAgreement agreement = compare_loss_curves(losses, reference, kRtol);
+  const LossAgreement final = compare_loss_curves({losses.back()}, {reference.back()}, kRtol);
   std::printf("\n### loss check: %s against f32, step by step\n\n| step | %s loss | f32 loss |\n| ---: | ---: | ---: |\n",
               to_string(config.train.precision), to_string(config.train.precision));
   for (int64_t s = 0; s < total_steps; ++s)
     if (s == 0 || (s + 1) % 5 == 0 || s + 1 == total_steps || s == agreement.worst_step)
       std::printf("| %lld | %.4f | %.4f |\n", (long long)(s + 1), losses[size_t(s)], reference[size_t(s)]);
-  std::printf("\nloss check: %s (largest difference at step %lld: %.2f of the allowance %g x max(|f32 loss|, 1))\n",
-              agreement.ok ? "ok" : "FAILED", (long long)(agreement.worst_step + 1), agreement.worst_ratio, kRtol);
-  return agreement.ok ? 0 : 1;
+  std::printf("\nloss check: %s (after step %lld: %.2f of the allowance %g x max(|f32 loss|, 1); largest on the way, "
+              "at step %lld: %.2f)\n",
+              final.ok ? "ok" : "FAILED", (long long)total_steps, final.worst_ratio, kRtol,
+              (long long)(agreement.worst_step + 1), agreement.worst_ratio);
+  return final.ok ? 0 : 1;
 }
 
 }  // namespace

