@@ -18,8 +18,10 @@
 #include "trainer/fixed_batch_steps.h"
 #include "trainer/grad_reducer.h"
 #include "trainer/thread_communicator.h"
+#include "tests/support/testing.h"
 
 using namespace scanline;
+using scanline::testing::worst_relative;
 
 namespace {
 
@@ -89,19 +91,6 @@ std::vector<RankRun> run_ranks(int world, bool overlap, const Tensor& inputs, co
     });
   for (std::thread& t : threads) t.join();
   return runs;
-}
-
-// The largest over parameter tensors of ||a - b|| / ||b||.
-double worst_relative(const std::vector<std::vector<double>>& a, const std::vector<std::vector<double>>& b) {
-  REQUIRE(a.size() == b.size());
-  double worst = 0;
-  for (size_t k = 0; k < a.size(); ++k) {
-    double diff = 0, norm = 1e-300;
-    for (size_t i = 0; i < a[k].size(); ++i)
-      diff += (a[k][i] - b[k][i]) * (a[k][i] - b[k][i]), norm += b[k][i] * b[k][i];
-    worst = std::max(worst, std::sqrt(diff / norm));
-  }
-  return worst;
 }
 
 }  // namespace

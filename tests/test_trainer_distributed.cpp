@@ -21,8 +21,10 @@
 #include "trainer/thread_communicator.h"
 #include "trainer/trainer.h"
 #include "tests/support/temp_dir.h"
+#include "tests/support/testing.h"
 
 using namespace scanline;
+using scanline::testing::worst_relative;
 using namespace scanline::testing;
 namespace fs = std::filesystem;
 
@@ -98,18 +100,6 @@ std::vector<RankResult> run(int world, const std::string& run_dir, std::vector<s
   for (std::thread& t : threads) t.join();
   for (const std::string& e : errors) REQUIRE_MESSAGE(e.empty(), e);
   return results;
-}
-
-// The largest over parameter tensors of ||a - b|| / ||b|| (Euclidean norms).
-double worst_relative(const std::vector<std::vector<double>>& a, const std::vector<std::vector<double>>& b) {
-  REQUIRE(a.size() == b.size());
-  double worst = 0;
-  for (size_t k = 0; k < a.size(); ++k) {
-    double diff = 0, norm = 1e-300;
-    for (size_t i = 0; i < a[k].size(); ++i) diff += (a[k][i] - b[k][i]) * (a[k][i] - b[k][i]), norm += b[k][i] * b[k][i];
-    worst = std::max(worst, std::sqrt(diff / norm));
-  }
-  return worst;
 }
 
 }  // namespace

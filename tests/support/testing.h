@@ -2,6 +2,7 @@
 // Test helpers: seeded random inputs, gradcheck assertions and float64 reference comparison.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -35,6 +36,20 @@ inline Tensor transposed_leaf(const Shape& shape, uint64_t seed) {
   Tensor view = as_strided(base, shape, strides, 0);
   view.set_requires_grad(true);
   return view;
+}
+
+// The largest over parameter tensors of ||a - b|| / ||b|| (Euclidean norms): how far two runs'
+// parameters (each tensor flattened to doubles) drifted apart.
+inline double worst_relative(const std::vector<std::vector<double>>& a, const std::vector<std::vector<double>>& b) {
+  REQUIRE(a.size() == b.size());
+  double worst = 0;
+  for (size_t k = 0; k < a.size(); ++k) {
+    REQUIRE(a[k].size() == b[k].size());
+    double diff = 0, norm = 1e-300;
+    for (size_t i = 0; i < a[k].size(); ++i) diff += (a[k][i] - b[k][i]) * (a[k][i] - b[k][i]), norm += b[k][i] * b[k][i];
+    worst = std::max(worst, std::sqrt(diff / norm));
+  }
+  return worst;
 }
 
 // Asserts that fn's analytic gradients match finite differences.
