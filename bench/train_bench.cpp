@@ -102,7 +102,7 @@ std::unique_ptr<GradReducer> make_reducer(const RunConfig& config, LanguageModel
   return std::make_unique<GradReducer>(
       params, comm,
       GradReducerOptions{.bucket_mb = d.bucket_mb,
-                         .reduce_dtype = d.reduce_dtype == Precision::bf16 ? DType::bf16 : DType::f32});
+                         .reduce_dtype = compute_dtype(d.reduce_dtype)});
 }
 
 // Each step's loss averaged over the ranks (each rank's is its own batch's): the global batch's.
@@ -172,7 +172,7 @@ int run_train_bench(int argc, char** argv) {
   const LanguageModelConfig lm_config = language_model_config(config);
   const Device device = dist ? dist->device : Device::cuda(0);
   check_device_support(config, lm_config, device);
-  const DType compute = config.train.precision == Precision::bf16 ? DType::bf16 : DType::f32;
+  const DType compute = compute_dtype(config.train.precision);
   const int64_t batch = config.train.batch_size / world, L = config.data.seq_len;
 
   if (lead)

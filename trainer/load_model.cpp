@@ -38,10 +38,9 @@ LoadedModel load_model(const ModelRequest& request) {
   } catch (const ConfigError&) {
     throw ModelRequestError("--device cuda: no CUDA device is available to this build or machine; use auto or cpu");
   }
-  loaded.compute = request.dtype == "bf16"                       ? DType::bf16
-                   : request.dtype == "f32"                      ? DType::f32
-                   : config.train.precision == Precision::bf16 ? DType::bf16
-                                                                 : DType::f32;
+  loaded.compute = request.dtype == "bf16" ? DType::bf16
+                   : request.dtype == "f32" ? DType::f32
+                                            : compute_dtype(config.train.precision);
   Generator init(config.train.seed);  // every parameter is overwritten by the checkpoint's
   loaded.model = std::make_unique<LanguageModel>(language_model_config(config), init,
                                                  TensorOptions{}.with_device(loaded.device));

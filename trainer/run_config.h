@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 
 namespace scanline {
@@ -26,6 +27,8 @@ class ConfigError : public Error {
 enum class SsmKind { mamba1, mamba2 };
 enum class ScheduleKind { cosine, linear, constant };
 enum class Precision { fp32, bf16 };
+// The tensor dtype a precision computes (or reduces) in.
+inline DType compute_dtype(Precision p) { return p == Precision::bf16 ? DType::bf16 : DType::f32; }
 enum class DeviceChoice { automatic, cpu, cuda };  // YAML: auto | cpu | cuda
 enum class NonfinitePolicy { stop, skip };
 

@@ -86,7 +86,7 @@ void evaluate_trained_model(const LanguageModel& model, Device device, const Run
   info.options = config.data.task_options;
   info.checkpoint = checkpoint;
   info.step = step;
-  info.compute = config.train.precision == Precision::bf16 ? DType::bf16 : DType::f32;  // as trained
+  info.compute = compute_dtype(config.train.precision);  // as trained
   // The loader made one example at every length, so these cannot fail on a length.
   std::vector<std::vector<TaskExample>> examples;
   for (int64_t length : e.lengths)

@@ -105,7 +105,7 @@ Trainer::Trainer(RunConfig config, TrainerOptions options) : s_(std::make_unique
   s.schedule = make_schedule(config);
   s.device = options.device ? *options.device : resolve_device(config);
   check_device_support(config, lm_config, s.device);
-  s.compute = config.train.precision == Precision::bf16 ? DType::bf16 : DType::f32;
+  s.compute = compute_dtype(config.train.precision);
   // Each rank: batch_size / world sequences a step (its shard of the global batch), in grad_accum
   // micro-batches. Every rank evaluates the same validation batches.
   const int64_t micro_batch = config.train.batch_size / s.world / config.train.grad_accum;
@@ -175,7 +175,7 @@ Trainer::Trainer(RunConfig config, TrainerOptions options) : s_(std::make_unique
     s.reducer = std::make_unique<GradReducer>(
         s.param_tensors, *s.options.comm,
         GradReducerOptions{.bucket_mb = d.bucket_mb,
-                           .reduce_dtype = d.reduce_dtype == Precision::bf16 ? DType::bf16 : DType::f32});
+                           .reduce_dtype = compute_dtype(d.reduce_dtype)});
   }
   if (s.rank == 0) {
     const std::string metrics_path = (std::filesystem::path(s.config.train.run_dir) / "metrics.jsonl").string();
