@@ -62,17 +62,27 @@ struct TransposePlan {
 
 constexpr int kTile = 32, kTileRows = 8;
 
+// Tile t of a plan whose tiles have `side` rows and columns: where its matrix and corner start.
+template <typename D, typename S>
+struct TileAt {
+  const S* src;
+  D* dst;
+  int64_t r0, c0;
+};
+template <typename D, typename S>
+__device__ __forceinline__ TileAt<D, S> tile_at(D* dst, const S* src, const TransposePlan& p, int64_t t, int side) {
+  const int64_t ct = t % p.col_tiles, rest = t / p.col_tiles;
+  const int64_t rt = rest % p.row_tiles, b = rest / p.row_tiles;
+  return {src + p.batch_src.offset(b), dst + p.batch_dst.offset(b), rt * side, ct * side};
+}
+
 // Accumulate: dst += src instead of dst = src (the gradient of a transposed view added into one).
 template <typename D, typename S, bool Accumulate = false>
 __global__ void transpose_copy_kernel(D* dst, const S* src, TransposePlan p) {
   __shared__ D tile[kTile][kTile + 1];
   const int64_t tiles = p.batch * p.row_tiles * p.col_tiles;
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
-    const int64_t ct = t % p.col_tiles, rest = t / p.col_tiles;
-    const int64_t rt = rest % p.row_tiles, b = rest / p.row_tiles;
-    const S* s = src + p.batch_src.offset(b);
-    D* d = dst + p.batch_dst.offset(b);
-    const int64_t r0 = rt * kTile, c0 = ct * kTile;
+    const auto [s, d, r0, c0] = tile_at(dst, src, p, t, kTile);
     for (int j = threadIdx.y; j < kTile; j += kTileRows) {
       const int64_t r = r0 + threadIdx.x, c = c0 + j;
       if (r < p.rows && c < p.cols) tile[j][threadIdx.x] = convert<D>(s[r + c * p.src_col_stride]);
@@ -135,11 +145,7 @@ __global__ void __launch_bounds__(kTile * kTileRows) transpose_pairs_kernel(D* d
   const int64_t tiles = p.batch * p.row_tiles * p.col_tiles;
   const int pair = 2 * int(threadIdx.x);
   for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
-    const int64_t ct = t % p.col_tiles, rest = t / p.col_tiles;
-    const int64_t rt = rest % p.row_tiles, b = rest / p.row_tiles;
-    const S* s = src + p.batch_src.offset(b);
-    D* d = dst + p.batch_dst.offset(b);
-    const int64_t r0 = rt * kWideTile, c0 = ct * kWideTile;
+    const auto [s, d, r0, c0] = tile_at(dst, src, p, t, kWideTile);
     for (int j = threadIdx.y; j < kWideTile; j += kTileRows) {
       const int64_t r = r0 + pair, c = c0 + j;
       if (r >= p.rows || c >= p.cols) continue;
