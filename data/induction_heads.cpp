@@ -18,13 +18,17 @@ InductionHeads::InductionHeads(const InductionHeadsOptions& options)
                  o.n_tokens, " (with the special token the ids fit a 256-token vocabulary)");
   SCANLINE_CHECK(o.seq_len >= 3, "induction_heads: seq_len ", o.seq_len,
                  " is too short: the special token, key and final special token need at least 3");
+  SCANLINE_CHECK(o.key_distance >= 0 && o.key_distance <= o.seq_len - 2, "induction_heads: key_distance ",
+                 o.key_distance, " does not fit seq_len ", o.seq_len, ": it must be in [1, seq_len - 2] (or 0 for ",
+                 "a uniformly placed key)");
   check_rank("induction_heads", o.rank, o.world);
 }
 
 void InductionHeads::write_sequence(int64_t index, int64_t* inputs, int64_t* targets) const {
   const int64_t L = options_.seq_len;
   SequenceDraws draws(options_.seed, index);
-  const int64_t s = draws.below(L - 2);
+  const int64_t uniform = draws.below(L - 2);  // drawn either way: the other draws stay in step
+  const int64_t s = options_.key_distance > 0 ? L - 2 - options_.key_distance : uniform;
   const int64_t key = draws.below(options_.n_tokens);
   for (int64_t p = 0; p < L - 1; ++p)
     inputs[p] = p == s ? special_token() : p == s + 1 ? key : draws.below(options_.n_tokens);

@@ -14,6 +14,10 @@
 // elsewhere as a random token (by design: were it absent, "the token never seen" would be a
 // shortcut); what identifies it is only its place right after the first special token.
 //
+// key_distance D >= 1 places the pair instead at s = L - 2 - D: the key D positions before the
+// final special token (for measuring recall against distance; the draws are the same, only s is
+// overridden). It must leave the pair inside the sequence: D <= L - 2.
+//
 // Token ids (vocab_size() = n_tokens + 1 <= 256): 0..n_tokens-1 ordinary, n_tokens the special
 // token. Draws per sequence: s, the key, then the other positions in order (data/task_random.h).
 // Ranks deal the sequences round-robin and position() works as for the window loader.
@@ -27,6 +31,7 @@ struct InductionHeadsOptions {
   int64_t seq_len = 256;
   int64_t batch = 32;     // sequences per batch on this rank
   int64_t n_tokens = 16;  // ordinary tokens
+  int64_t key_distance = 0;  // 0: the pair anywhere (uniform s); D >= 1: the key D before the end
   uint64_t seed = 0;
   int64_t rank = 0;
   int64_t world = 1;

@@ -126,6 +126,29 @@ TEST_CASE("an induction heads generator restored from position() continues exact
   CHECK_THROWS_WITH_AS(task.set_position({1, 2, 3}), doctest::Contains("not written by a induction_heads"), Error);
 }
 
+TEST_CASE("key_distance puts the key that far before the final special token, in every sequence") {
+  for (int64_t distance : {int64_t(1), int64_t(7), int64_t(30)}) {
+    CAPTURE(distance);
+    InductionHeadsOptions o = induction_options(32, 4, 5, 11);
+    o.key_distance = distance;
+    InductionHeads task(o);
+    for (int b = 0; b < 3; ++b) {
+      const Batch batch = task.next();
+      for (int64_t r = 0; r < 4; ++r) {
+        const std::vector<int64_t> in = row(batch.inputs, r), tg = row(batch.targets, r);
+        const int64_t s = check_sequence(task, in, tg);
+        CHECK(s == 32 - 2 - distance);
+        CHECK(tg[31] == in[size_t(s + 1)]);
+      }
+    }
+  }
+  InductionHeadsOptions o = induction_options(32, 1, 5, 11);
+  o.key_distance = 31;
+  CHECK_THROWS_WITH_AS(InductionHeads{o}, doctest::Contains("key_distance 31 does not fit seq_len 32"), Error);
+  o.key_distance = -1;
+  CHECK_THROWS_WITH_AS(InductionHeads{o}, doctest::Contains("key_distance -1 does not fit"), Error);
+}
+
 TEST_CASE("impossible induction heads settings are rejected with the option named") {
   CHECK_THROWS_WITH_AS(InductionHeads(induction_options(2, 1, 16, 0)),
                        doctest::Contains("induction_heads: seq_len 2 is too short: the special token, key and final "
@@ -162,7 +185,13 @@ TEST_CASE("data.task: induction_heads reads its options, and bad ones are Config
   CHECK(problem("seq_len: 64", "seq_len: 2")
             .starts_with("ih.yaml:5: data.seq_len: induction_heads: seq_len 2 is too short"));
   CHECK(problem("n_tokens: 20", "vocab: 20") ==
-        "ih.yaml:7: data.task_options.vocab: unknown option (this task's options: n_tokens)");
+        "ih.yaml:7: data.task_options.vocab: unknown option (this task's options: n_tokens, key_distance)");
+  CHECK(problem("n_tokens: 20", "key_distance: -2") ==
+        "ih.yaml:7: data.task_options.key_distance: must be >= 0, got -2");
+  CHECK(problem("n_tokens: 20", "key_distance: 63").find("key_distance 63 does not fit seq_len 64") !=
+        std::string::npos);
+  BatchSources placed = make_batch_sources(parse_run_config(yaml + "    key_distance: 10\n", "ih.yaml"), 4, 8);
+  CHECK(placed.description.ends_with("; the key 10 tokens before the end"));
   CHECK(problem("n_tokens: 20", "n_tokens: 0") == "ih.yaml:7: data.task_options.n_tokens: must be >= 1, got 0");
   CHECK(problem("vocab_size: 24", "vocab_size: 16").starts_with(
       "ih.yaml:2: model.vocab_size: 16 is smaller than the data's vocabulary of 21 tokens"));

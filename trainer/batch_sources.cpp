@@ -99,14 +99,16 @@ BatchSources copying_sources(const RunConfig& config, int64_t micro_batch, int64
 BatchSources induction_heads_sources(const RunConfig& config, int64_t micro_batch, int64_t eval_batch, int64_t rank,
                                      int64_t world) {
   const TaskOptions& task_options = config.data.task_options;
-  task_options.check_known({"n_tokens"});
+  task_options.check_known({"n_tokens", "key_distance"});
   InductionHeadsOptions o;
   o.n_tokens = task_options.get_int("n_tokens", o.n_tokens, 1, 255);
+  o.key_distance = task_options.get_int("key_distance", o.key_distance, 0);  // its upper bound: the generator's
   BatchSources sources = task_sources<InductionHeads>(config, o, micro_batch, eval_batch, rank, world);
   std::ostringstream text;
   text << "induction_heads: seq_len " << config.data.seq_len << ", " << o.n_tokens
        << " ordinary tokens and a special one; vocab " << sources.vocab_size << "; validation seed "
        << validation_seed(config.train.seed);
+  if (o.key_distance > 0) text << "; the key " << o.key_distance << " tokens before the end";
   sources.description = text.str();
   return sources;
 }
