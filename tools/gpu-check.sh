@@ -86,6 +86,24 @@ for setup in mamba1_130m mamba2_130m hybrid_234m; do
       --scanline-log "$out/bench-train-$setup.log"
   fi
 done
+# Data parallel (issue 8), with two or more GPUs: the ~130M hybrid's step on up to 8 of them, its
+# backward with the all-reduce overlapped and not, against one GPU at the same 8 sequences a GPU.
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
+if [ "$gpus" -ge 2 ]; then
+  n=$((gpus < 8 ? gpus : 8))
+  ddp="$root/configs/hybrid_130m_ddp.yaml"
+  sed "s/^  batch_size: .*/  batch_size: 8/" "$ddp" >"$out/hybrid_ddp_1gpu.yaml"
+  sed "s/^  batch_size: .*/  batch_size: $((8 * n))/" "$ddp" >"$out/hybrid_ddp_${n}gpu.yaml"
+  step bench-train-ddp-1gpu bench-train-ddp-1gpu.log "$build_dir/bin/scanline" bench train \
+    --config "$out/hybrid_ddp_1gpu.yaml" --profile-steps 0
+  for overlap in 1 0; do
+    step "bench-train-ddp-${n}gpu-overlap$overlap" "bench-train-ddp-${n}gpu-overlap$overlap.log" \
+      "$build_dir/bin/scanline" launch --nproc "$n" -- bench train --config "$out/hybrid_ddp_${n}gpu.yaml" \
+      --overlap "$overlap" --profile-steps 0
+  done
+else
+  echo "| bench-train-ddp | skipped: $gpus GPU(s) visible, 2 needed | 0 |" >>"$summary"
+fi
 grep -h -E "tests passed|tests failed" "$out"/*tests.log >>"$summary" 2>/dev/null
 grep -h -A40 "^### " "$out/bench-ops.log" >>"$summary" 2>/dev/null
 grep -h -A9 "^### " "$out/bench-scan.log" >>"$summary" 2>/dev/null
@@ -94,4 +112,7 @@ grep -h -A9 "^### " "$out/ssd-torch.log" >>"$summary" 2>/dev/null
 grep -h -A7 "^### " "$out/bench-attention.log" >>"$summary" 2>/dev/null
 grep -h -A7 "^### " "$out/attention-torch.log" >>"$summary" 2>/dev/null
 grep -h -A5 "^### bench train" "$out"/lm-torch-*.log >>"$summary" 2>/dev/null
+for log in "$out"/bench-train-ddp-*.log; do
+  [ -f "$log" ] && { echo "$(basename "$log" .log):"; grep -E "^\| (step|[0-9])|data parallel" "$log"; } >>"$summary"
+done
 cat "$summary"
