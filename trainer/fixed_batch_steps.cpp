@@ -5,8 +5,8 @@
 
 #include "autograd/engine.h"
 #include "core/error.h"
+#include "data/batch_source.h"
 #include "ops/cross_entropy.h"
-#include "ops/elementwise.h"
 #include "ops/views.h"
 #include "trainer/adamw.h"
 #include "trainer/grad_clip.h"
@@ -28,7 +28,7 @@ std::vector<double> train_on_fixed_batch(LanguageModel& model, const OptimConfig
     optimizer.zero_grad();
     Tensor logits = model.forward(inputs, compute);
     // An f32 loss of the logits as they come (bf16 under bf16 compute): no f32 copy of them.
-    const Tensor loss = cross_entropy(reshape(logits, {-1, logits.size(-1)}), reshape(targets, {-1}), -100,
+    const Tensor loss = cross_entropy(reshape(logits, {-1, logits.size(-1)}), reshape(targets, {-1}), kIgnoreIndex,
                                       Reduction::mean, DType::f32);
     logits = Tensor();  // the graph keeps what the backward needs
     at(s, StepPoint::forward);
