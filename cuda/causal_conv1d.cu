@@ -97,16 +97,27 @@ __device__ __forceinline__ A silu_grad(A g, A z) {
 
 // ---- channels-first (batch, channels, length): threads along the length -------------------------
 
+// Where the (b, c) row of a channels-first tensor starts, in elements from its data pointer. Rows
+// lie in any order: b-major when contiguous, channel-major ((channels, batch, length) memory) for
+// mamba_ssm's in_proj output; a row's time steps are adjacent.
+struct Rows {
+  int64_t batch_stride, channel_stride;
+  __device__ __forceinline__ int64_t start(int64_t row, int64_t channels) const {
+    return (row / channels) * batch_stride + (row % channels) * channel_stride;
+  }
+};
+
 constexpr int kCfThreads = 128;
 constexpr int kCfStep = 8;                           // outputs a thread
 constexpr int64_t kCfTile = kCfThreads * kCfStep;    // time steps a block pass
 constexpr int kCfTilesPerPart = 4;                   // a backward part: 4096 time steps of one row
 
-// vec: x and out rows start 16-byte aligned (length * sizeof(T) % 16 == 0, aligned bases).
+// vec: every x and out row starts 16-byte aligned (rows_aligned), so whole 8-step packs are words.
 template <typename T, int KMAX>
 __global__ void __launch_bounds__(kCfThreads)
-    conv_cf_forward(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
-                    T* __restrict__ out, int64_t rows, int64_t channels, int64_t length, int k, bool silu, bool vec) {
+    conv_cf_forward(const T* __restrict__ x, Rows x_rows, const T* __restrict__ weight, const T* __restrict__ bias,
+                    T* __restrict__ out, Rows out_rows, int64_t rows, int64_t channels, int64_t length, int k,
+                    bool silu, bool vec) {
   using A = math_t<T>;
   const int64_t tiles = (length + kCfTile - 1) / kCfTile;
   for (int64_t unit = blockIdx.x; unit < rows * tiles; unit += gridDim.x) {
@@ -117,7 +128,7 @@ __global__ void __launch_bounds__(kCfThreads)
     A lag[KMAX];
     load_lags<KMAX>(weight, c, channels, k, lag);
     const A b = bias ? to_acc<A>(bias[c]) : A(0);
-    const T* xr = x + row * length;
+    const T* xr = x + x_rows.start(row, channels);
     A buf[2 * kCfStep];  // x[t0 - 8 .. t0 + 8)
     load_run<kCfStep>(xr, t0 - kCfStep, length, vec, buf);
     load_run<kCfStep>(xr, t0, length, vec, buf + kCfStep);
@@ -129,7 +140,7 @@ __global__ void __launch_bounds__(kCfThreads)
       for (int m = KMAX - 1; m >= 0; --m) acc += lag[m] * buf[kCfStep + e - m];
       z[e] = silu ? acc * sigmoid_of(acc) : acc;
     }
-    store_run<kCfStep>(out + row * length, t0, length, vec, z);
+    store_run<kCfStep>(out + out_rows.start(row, channels), t0, length, vec, z);
   }
 }
 
@@ -137,9 +148,10 @@ __global__ void __launch_bounds__(kCfThreads)
 // holds the part's sum of dz * x[t - v] (v < KMAX) and of dz (v = KMAX), part_id = b * parts + part.
 template <typename T, int KMAX>
 __global__ void __launch_bounds__(kCfThreads)
-    conv_cf_backward(const T* __restrict__ x, const T* __restrict__ weight, const T* __restrict__ bias,
-                     const T* __restrict__ grad, T* __restrict__ dx, math_t<T>* __restrict__ partial, int64_t rows,
-                     int64_t channels, int64_t length, int k, bool silu, bool vec, int64_t parts) {
+    conv_cf_backward(const T* __restrict__ x, Rows x_rows, const T* __restrict__ weight, const T* __restrict__ bias,
+                     const T* __restrict__ grad, Rows grad_rows, T* __restrict__ dx, Rows dx_rows,
+                     math_t<T>* __restrict__ partial, int64_t rows, int64_t channels, int64_t length, int k, bool silu,
+                     bool vec, int64_t parts) {
   using A = math_t<T>;
   __shared__ A warp_sums[kCfThreads / 32][KMAX + 1];
   const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5);
@@ -149,8 +161,8 @@ __global__ void __launch_bounds__(kCfThreads)
     A lag[KMAX];
     load_lags<KMAX>(weight, c, channels, k, lag);
     const A b = bias ? to_acc<A>(bias[c]) : A(0);
-    const T* xr = x + row * length;
-    const T* gr = grad + row * length;
+    const T* xr = x + x_rows.start(row, channels);
+    const T* gr = grad + grad_rows.start(row, channels);
     A dw[KMAX], db = A(0);
 #pragma unroll
     for (int m = 0; m < KMAX; ++m) dw[m] = A(0);
@@ -183,7 +195,7 @@ __global__ void __launch_bounds__(kCfThreads)
           for (int m = KMAX - 1; m >= 0; --m) acc += lag[m] * dz[e + m];
           d[e] = acc;
         }
-        store_run<kCfStep>(dx + row * length, t0, length, vec, d);
+        store_run<kCfStep>(dx + dx_rows.start(row, channels), t0, length, vec, d);
       }
       if (partial) {
 #pragma unroll
@@ -525,15 +537,44 @@ void check_output(const char* op, const Tensor& t, const Shape& shape, const cha
                  " to be a contiguous tensor of shape ", shape, " but found ", describe(t));
 }
 
+// A channels-first tensor whose time steps are adjacent (a length-1 row has nothing to step).
+bool time_adjacent(const Tensor& t) { return t.shape()[2] <= 1 || t.strides()[2] == 1; }
+
+// What the kernels read: channels-first rows in place in any order when their time steps are
+// adjacent, anything else (channels-last included) as a contiguous copy.
+Tensor readable(const Tensor& t, bool channels_last) {
+  return !channels_last && time_adjacent(t) ? t : as_contiguous(t);
+}
+
+// x-shaped outputs: channels-last contiguous; channels-first rows in any order (the op picks x's)
+// with adjacent time steps.
+void check_activation_output(const char* op, const Tensor& t, const Shape& shape, bool channels_last,
+                             const char* name) {
+  if (channels_last || !t.defined()) return check_output(op, t, shape, name);
+  check_cuda_tensor(op, t, name);
+  SCANLINE_CHECK(t.shape() == shape && time_adjacent(t), op, ": expected ", name, " of shape ", shape,
+                 " with stride 1 along the length but found ", describe(t), " with strides ", t.strides());
+}
+
+Rows rows_of(const Tensor& t) { return t.defined() ? Rows{t.strides()[0], t.strides()[1]} : Rows{0, 0}; }
+
+// Whether every (b, c) row of p starts 16-byte aligned, so the channels-first kernels can move
+// whole 8-step packs (a null p, an absent tensor, does not count). Only dims of size >= 2 step.
+bool rows_aligned(const void* p, Rows r, int64_t batch, int64_t channels, int64_t elem_bytes) {
+  if (!p) return true;
+  return aligned16(p) && (batch < 2 || (r.batch_stride * elem_bytes) % 16 == 0) &&
+         (channels < 2 || (r.channel_stride * elem_bytes) % 16 == 0);
+}
+
 }  // namespace
 
 void causal_conv1d_forward(const Tensor& x_in, const Tensor& weight_in, const Tensor& bias_in, bool silu,
                            bool channels_last, const Tensor& out) {
   constexpr const char* op = "causal_conv1d";
   check_cuda_tensor(op, x_in, "x");
-  check_output(op, out, x_in.shape(), "out");
+  check_activation_output(op, out, x_in.shape(), channels_last, "out");
   DeviceGuard guard(x_in.device().index);
-  const Tensor x = as_contiguous(x_in), weight = as_contiguous(weight_in);
+  const Tensor x = readable(x_in, channels_last), weight = as_contiguous(weight_in);
   const Tensor bias = bias_in.defined() ? as_contiguous(bias_in) : Tensor();
   const auto [batch, channels, length] = dims_of(x, channels_last);
   const int k = int(weight.shape()[1]);
@@ -552,10 +593,13 @@ void causal_conv1d_forward(const Tensor& x_in, const Tensor& weight_in, const Te
         conv_cl_forward<T, KMAX><<<grid_for(units), dim3(kClLanes, kClGroups), 0, stream>>>(
             px, pw, pb, po, batch, length, channels, k, silu, vec);
       } else {
-        const bool vec = (length * int64_t(sizeof(T))) % 16 == 0 && all_aligned({px, po});
+        const Rows x_rows = rows_of(x), out_rows = rows_of(out);
+        const int64_t bytes = sizeof(T);
+        const bool vec = rows_aligned(px, x_rows, batch, channels, bytes) &&
+                         rows_aligned(po, out_rows, batch, channels, bytes);
         const int64_t units = batch * channels * ((length + kCfTile - 1) / kCfTile);
-        conv_cf_forward<T, KMAX><<<grid_for(units), kCfThreads, 0, stream>>>(px, pw, pb, po, batch * channels,
-                                                                             channels, length, k, silu, vec);
+        conv_cf_forward<T, KMAX><<<grid_for(units), kCfThreads, 0, stream>>>(
+            px, x_rows, pw, pb, po, out_rows, batch * channels, channels, length, k, silu, vec);
       }
       CUDA_CHECK_LAUNCH("causal_conv1d forward");
     });
@@ -567,11 +611,12 @@ void causal_conv1d_backward(const Tensor& x_in, const Tensor& weight_in, const T
                             const Tensor& grad_weight, const Tensor& grad_bias) {
   constexpr const char* op = "causal_conv1d backward";
   check_cuda_tensor(op, x_in, "x");
-  check_output(op, grad_x, x_in.shape(), "grad_x");
+  check_activation_output(op, grad_x, x_in.shape(), channels_last, "grad_x");
   check_output(op, grad_weight, weight_in.shape(), "grad_weight");
   if (bias_in.defined()) check_output(op, grad_bias, bias_in.shape(), "grad_bias");
   DeviceGuard guard(x_in.device().index);
-  const Tensor x = as_contiguous(x_in), weight = as_contiguous(weight_in), grad = as_contiguous(grad_in);
+  const Tensor x = readable(x_in, channels_last), grad = readable(grad_in, channels_last);
+  const Tensor weight = as_contiguous(weight_in);
   const Tensor bias = bias_in.defined() ? as_contiguous(bias_in) : Tensor();
   const auto [batch, channels, length] = dims_of(x, channels_last);
   const int k = int(weight.shape()[1]);
@@ -608,9 +653,14 @@ void causal_conv1d_backward(const Tensor& x_in, const Tensor& weight_in, const T
         conv_cl_backward<T, KMAX><<<grid_for(units), dim3(kClLanes, kClGroups), 0, stream>>>(
             px, pw, pb, pg, pdx, partial, batch, length, channels, k, silu, vec);
       } else {
-        const bool vec = (length * int64_t(sizeof(T))) % 16 == 0 && all_aligned({px, pg, pdx});
+        const Rows x_rows = rows_of(x), grad_rows = rows_of(grad), dx_rows = rows_of(grad_x);
+        const int64_t bytes = sizeof(T);
+        const bool vec = rows_aligned(px, x_rows, batch, channels, bytes) &&
+                         rows_aligned(pg, grad_rows, batch, channels, bytes) &&
+                         rows_aligned(pdx, dx_rows, batch, channels, bytes);
         conv_cf_backward<T, KMAX><<<grid_for(batch * channels * parts_per_batch), kCfThreads, 0, stream>>>(
-            px, pw, pb, pg, pdx, partial, batch * channels, channels, length, k, silu, vec, parts_per_batch);
+            px, x_rows, pw, pb, pg, grad_rows, pdx, dx_rows, partial, batch * channels, channels, length, k, silu,
+            vec, parts_per_batch);
       }
       CUDA_CHECK_LAUNCH("causal_conv1d backward");
       if (need_partial) {

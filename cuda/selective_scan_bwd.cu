@@ -54,7 +54,7 @@ __device__ __forceinline__ W gate_grad(W dy, W z, bool has_z) {
 template <typename T>
 struct MapsParams {
   ScanInputs<T> in;
-  const T* dy;
+  Rows<const T> dy;   // (batch, d_inner, L), rows contiguous in time
   math_t<T>* maps_a;  // (rows, n_chunks, N): P, written for chunks >= 1
   math_t<T>* maps_b;  // (rows, n_chunks, N): Q
 };
@@ -82,21 +82,21 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_chunk_maps
   W dt[kItems], ds[kItems], dt_sum = W(0);
   {
     W dy[kItems], zv[kItems];
-    load_items(in.delta + row * L, t0, L, vec, dt);
-    load_items(p.dy + row * L, t0, L, vec, dy);
-    if (in.z) load_items(in.z + row * L, t0, L, vec, zv);
+    load_items(in.delta.row(b, d), t0, L, vec, dt);
+    load_items(p.dy.row(b, d), t0, L, vec, dy);
+    if (in.z.data) load_items(in.z.row(b, d), t0, L, vec, zv);
     const W bias = in.bias ? in.bias[d] : W(0);
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
       const W raw = dt[i] + bias;
       dt[i] = t0 + i < L ? (in.softplus ? softplus_m(raw) : raw) * kLog2e<W> : W(0);
       dt_sum += dt[i];
-      ds[i] = gate_grad(dy[i], in.z ? zv[i] : W(0), in.z != nullptr);
+      ds[i] = gate_grad(dy[i], in.z.data ? zv[i] : W(0), in.z.data != nullptr);
     }
   }
   const int64_t valid = L - t0;
   const bool full = vec && valid >= kItems;
-  const T* C_at = in.C + (b * in.groups + g) * N * L + t0;  // state n's row at the lane's first step
+  const T* C_at = in.C.row(b, g) + t0;  // state n's row at the lane's first step
   const W* A_row = in.A + d * N;
   RawItems<kItems, T> C_next;  // state n + 1's, loaded while state n computes
   load_raw(C_at, full, valid, C_next);
@@ -106,7 +106,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_chunk_maps
     W Cv[kItems];
     to_math(C_next, Cv);
     if (n + 1 < states) {
-      C_at += L;
+      C_at += in.C.stride_n;
       load_raw(C_at, full, valid, C_next);
     }
     W qa = exp2_m(dt_sum * A_n), qb = W(0);  // the lane's maps, the latest applied first
@@ -158,10 +158,10 @@ template <typename T>
 struct BwdParams {
   using W = math_t<T>;
   ScanInputs<T> in;
-  const T* dy;               // (rows, L)
+  Rows<const T> dy;          // (batch, d_inner, L), rows contiguous in time
   const W* chunk_states;     // (rows, n_chunks, N): the state entering each chunk
   const W* x_right;          // (rows, n_chunks, N): x at each chunk's right edge; null: zeros
-  T *du, *ddelta, *dz;       // (rows, L), each may be null
+  Rows<T> du, ddelta, dz;    // (batch, d_inner, L) in u's layout, each may be absent
   W* dinit;                  // (rows, N) or null
   W* dA_part;                // (rows, n_chunks, N) or null
   W *dD_part, *dbias_part;   // (rows, n_chunks), each may be null
@@ -202,8 +202,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
   const int64_t g = bg % in.groups, b = bg / in.groups;
   const int64_t d_begin = g * in.per_group + tile * p.tile_channels;
   const int64_t d_end = min(d_begin + p.tile_channels, (g + 1) * in.per_group);
-  const T* B_rows = in.B + bg * N * L;
-  const T* C_rows = in.C + bg * N * L;
+  const T* B_rows = in.B.row(b, g);
+  const T* C_rows = in.C.row(b, g);
   const int64_t t0 = c * in.chunk + int64_t(lane) * kItems;
   const int64_t valid = L - t0;
   const bool full = vec && valid >= kItems;
@@ -221,13 +221,13 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
     const int64_t state_at = (row * n_chunks + c) * N;
     W u[kItems], dt[kItems], dt2[kItems], raw[kItems], dy[kItems], zv[kItems], ds[kItems], dtu[kItems];
     W du[kItems], ddt[kItems], pre[kItems], dt2_sum = W(0);
-    load_steps<kItems>(in, vec, row, d, t0, u, dt, raw);
-    load_items(p.dy + row * L, t0, L, vec, dy);
-    if (in.z) load_items(in.z + row * L, t0, L, vec, zv);
+    load_steps<kItems>(in, vec, b, d, t0, u, dt, raw);
+    load_items(p.dy.row(b, d), t0, L, vec, dy);
+    if (in.z.data) load_items(in.z.row(b, d), t0, L, vec, zv);
     const W D = in.D ? in.D[d] : W(0);
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
-      ds[i] = gate_grad(dy[i], in.z ? zv[i] : W(0), in.z != nullptr);
+      ds[i] = gate_grad(dy[i], in.z.data ? zv[i] : W(0), in.z.data != nullptr);
       dtu[i] = dt[i] * u[i];
       dt2[i] = dt[i] * kLog2e<W>;
       dt2_sum += dt2[i];
@@ -254,8 +254,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
       to_math(B_next, Bv);
       to_math(C_next, Cv);
       if (n + 1 < states) {
-        B_at += L;
-        C_at += L;
+        B_at += in.B.stride_n;
+        C_at += in.C.stride_n;
         load_raw(B_at, full, valid, B_next);
         load_raw(C_at, full, valid, C_next);
         A_next = A_row[n + 1];
@@ -341,14 +341,14 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock) selective_scan_bwd_kernel
         dD_sum += ds[i] * u[i];
         dbias_sum += ddelta[i];
       }
-      if (in.z) {
+      if (in.z.data) {
         const W sig = sigmoid_m(zv[i]);
         dzv[i] = dy[i] * pre[i] * sig * (W(1) + zv[i] * (W(1) - sig));
       }
     }
-    if (p.du) store_items(p.du + row * L, t0, L, vec, du);
-    if (p.ddelta) store_items(p.ddelta + row * L, t0, L, vec, ddelta);
-    if (p.dz) store_items(p.dz + row * L, t0, L, vec, dzv);
+    if (p.du.data) store_items(p.du.row(b, d), t0, L, vec, du);
+    if (p.ddelta.data) store_items(p.ddelta.row(b, d), t0, L, vec, ddelta);
+    if (p.dz.data) store_items(p.dz.row(b, d), t0, L, vec, dzv);
     if (p.dD_part) {
       dD_sum = warp_sum(dD_sum);
       if (lane == 0) p.dD_part[row * n_chunks + c] = dD_sum;
@@ -454,7 +454,7 @@ ScanBackwardResult selective_scan_bwd(const Tensor& u, const Tensor& delta, cons
   SCANLINE_CHECK(grad_y.defined() && grad_y.shape() == u.shape() && grad_y.dtype() == u.dtype(), op,
                  ": expected grad_y like u ", describe(u), " but found ", describe(grad_y));
   const Tensor chunk_states = as_contiguous(chunk_states_in);
-  const Tensor gy = as_contiguous(grad_y);
+  const Tensor gy = time_contiguous(grad_y);
   Tensor gf;
   if (grad_final_state.defined()) {
     SCANLINE_CHECK(grad_final_state.shape() == Shape({batch, d_inner, N}) && grad_final_state.dtype() == A.dtype(),
@@ -467,14 +467,18 @@ ScanBackwardResult selective_scan_bwd(const Tensor& u, const Tensor& delta, cons
   auto wanted = [&](int i, const Tensor& input, const Shape& shape, TensorOptions opts) {
     return needs[size_t(i)] && input.defined() ? empty(shape, opts) : Tensor();
   };
+  // du, ddelta and dz in u's layout, as y: a channel-major u gets channel-major gradients.
+  auto wanted_rows = [&](int i, const Tensor& input) {
+    return needs[size_t(i)] && input.defined() ? empty_in_layout_of(prep.u, input_opts) : Tensor();
+  };
   ScanBackwardResult r;
-  r.u = wanted(0, u, u.shape(), input_opts);
-  r.delta = wanted(1, delta, u.shape(), input_opts);
+  r.u = wanted_rows(0, u);
+  r.delta = wanted_rows(1, delta);
   r.A = wanted(2, A, A.shape(), param_opts);
   r.B = wanted(3, B, B.shape(), input_opts);
   r.C = wanted(4, C, C.shape(), input_opts);
   r.D = wanted(5, D, {d_inner}, param_opts);
-  r.z = wanted(6, z, u.shape(), input_opts);
+  r.z = wanted_rows(6, z);
   r.delta_bias = wanted(7, delta_bias, {d_inner}, param_opts);
   r.initial_state = wanted(8, initial_state, {batch, d_inner, N}, param_opts);
   const bool need_B = r.B.defined(), need_C = r.C.defined();
@@ -523,8 +527,8 @@ ScanBackwardResult selective_scan_bwd(const Tensor& u, const Tensor& delta, cons
     if (n_chunks > 1) {
       maps_a = empty(part_shape, param_opts);
       maps_b = empty(part_shape, param_opts);
-      MapsParams<T> mp{in, data_at<const T>(gy), data_at<W>(maps_a), data_at<W>(maps_b)};
-      mp.in.vec = vec_for(in, kFwdItems) && aligned16(mp.dy);
+      MapsParams<T> mp{in, rows_of<const T>(gy), data_at<W>(maps_a), data_at<W>(maps_b)};
+      mp.in.vec = vec_for(in, kFwdItems, row_alignment({gy}));
       const int64_t map_blocks = ceil_div(rows * ceil_div(L, 32 * kFwdItems), kWarpsPerBlock);
       auto maps_kernel = mp.in.vec ? selective_scan_chunk_maps_kernel<T, true> : selective_scan_chunk_maps_kernel<T, false>;
       maps_kernel<<<unsigned(map_blocks), 32 * kWarpsPerBlock, 0, stream>>>(mp);
@@ -538,12 +542,12 @@ ScanBackwardResult selective_scan_bwd(const Tensor& u, const Tensor& delta, cons
     // 3: the main kernel.
     BwdParams<T> p;
     p.in = in;
-    p.dy = data_at<const T>(gy);
+    p.dy = rows_of<const T>(gy);
     p.chunk_states = data_at<const W>(chunk_states);
     p.x_right = x_right;
-    p.du = mut_ptr_or_null<T>(r.u);
-    p.ddelta = mut_ptr_or_null<T>(r.delta);
-    p.dz = mut_ptr_or_null<T>(r.z);
+    p.du = rows_of<T>(r.u);
+    p.ddelta = rows_of<T>(r.delta);
+    p.dz = rows_of<T>(r.z);
     p.dinit = mut_ptr_or_null<W>(r.initial_state);
     p.dA_part = mut_ptr_or_null<W>(dA_part);
     p.dD_part = mut_ptr_or_null<W>(dD_part);
@@ -557,8 +561,7 @@ ScanBackwardResult selective_scan_bwd(const Tensor& u, const Tensor& delta, cons
     p.direct = direct;
     p.tiles = tiles;
     p.tile_channels = tile_channels;
-    p.in.vec = vec_for(in, prep.plan.items) &&
-               all_aligned16({p.dy, p.du, p.ddelta, p.dz, p.dB, p.dC, p.dB_part, p.dC_part});
+    p.in.vec = vec_for(in, prep.plan.items, row_alignment({gy, r.u, r.delta, r.z, r.B, r.C, dB_part, dC_part}));
     const bool fast = p.in.vec && !direct && need_B && need_C && p.dA_part;
     dispatch_plan(prep.plan, [&]<int kItems>() {
       const int64_t acc_values = (direct ? 0 : int64_t(need_B + need_C) * N * kItems * 32) + N * 32;

@@ -11,7 +11,11 @@
 //   (a1, b1) then (a2, b2)  =  (a1·a2, a2·b1 + b2)
 // is associative; a chunk's states are the prefix scan of its maps applied to the state entering
 // the chunk. The gradient runs the same operator backwards in time (see selective_scan_bwd.cu).
+#include <algorithm>
+#include <initializer_list>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "core/cuda/device_utils.cuh"
 
@@ -123,8 +127,8 @@ __device__ __forceinline__ void convert_items(const T (&e)[kItems], W (&v)[kItem
 }
 
 // v[i] = p[t0 + i] as math values, 0 past L. vec: p's row is aligned so that a full group of
-// kItems starting at t0 (a multiple of kItems) may be read as whole words (L % kItems == 0 and
-// 16-byte-aligned base pointers, checked by the launcher).
+// kItems starting at t0 (a multiple of kItems) may be read as whole words (vec_for, checked by
+// the launcher).
 template <int kItems, typename T, typename W>
 __device__ __forceinline__ void load_items(const T* __restrict__ p, int64_t t0, int64_t L, bool vec, W (&v)[kItems]) {
   constexpr int kBytes = kItems * int(sizeof(T));
@@ -267,9 +271,43 @@ __device__ __forceinline__ void warp_suffix_inclusive(W& a, W& b, int width = 32
 
 namespace scanline::cuda::scan {
 
-// ---- host: inputs as dense device tensors -------------------------------------------------------
+// ---- host: inputs as device tensors whose rows are contiguous in time --------------------------
 
-// The scan's inputs made contiguous (copies only where needed), with the sizes and the plan.
+// t itself when each of its rows is contiguous in time (last stride 1), whatever its other
+// strides: the kernels address rows through them. Else a contiguous copy.
+inline Tensor time_contiguous(const Tensor& t) {
+  if (!t.defined()) return t;
+  const int64_t last = t.dim() - 1;
+  return t.shape()[last] == 1 || t.stride(last) == 1 ? t : as_contiguous(t);
+}
+
+// An empty, dense tensor of t's shape whose dimensions lie in memory in t's order (outermost:
+// largest stride; a dimension of size 1 or stride 0 keeps its place). y and the gradients of u,
+// delta and z take u's layout this way: a channel-major u, the (batch, d_inner, L) view with
+// strides (L, batch·L, 1) of an in_proj computed as W·xᵀ, gets (d_inner, batch, L) storage, so
+// the caller's transpose back is free too. A contiguous t gives a contiguous tensor.
+inline Tensor empty_in_layout_of(const Tensor& t, TensorOptions options) {
+  if (t.is_contiguous()) return empty(t.shape(), options);
+  const Shape& shape = t.shape();
+  const int64_t dims = t.dim();
+  auto ordered = [&](int64_t i) { return shape[size_t(i)] > 1 && t.stride(i) != 0; };
+  std::vector<int64_t> order(size_t(dims), 0);  // outermost first; insertion sort, stable
+  for (int64_t i = 0; i < dims; ++i) order[size_t(i)] = i;
+  for (int64_t i = 1; i < dims; ++i)
+    for (int64_t j = i; j > 0; --j) {
+      const int64_t outer = order[size_t(j - 1)], inner = order[size_t(j)];
+      if (!ordered(outer) || !ordered(inner) || t.stride(outer) >= t.stride(inner)) break;
+      std::swap(order[size_t(j - 1)], order[size_t(j)]);
+    }
+  Shape dense(size_t(dims), 0), strides(size_t(dims), 0);
+  for (int64_t k = 0; k < dims; ++k) dense[size_t(k)] = shape[size_t(order[size_t(k)])];
+  const Shape dense_strides = contiguous_strides(dense);
+  for (int64_t k = 0; k < dims; ++k) strides[size_t(order[size_t(k)])] = dense_strides[size_t(k)];
+  return as_strided(empty(dense, options), shape, strides, 0);
+}
+
+// The scan's inputs ready for the kernels (copies only where needed): u, delta, z, B and C with
+// rows contiguous in time (time_contiguous), the small ones contiguous; with the sizes and the plan.
 struct Prepared {
   Tensor u, delta, A, B, C, D, z, bias, h0;
   bool softplus = false;
@@ -284,13 +322,13 @@ inline Prepared prepare(const char* op, const Tensor& u, const Tensor& delta, co
                         const Tensor& h0) {
   check_cuda_tensor(op, u, "u");
   Prepared p;
-  p.u = as_contiguous(u);
-  p.delta = as_contiguous(delta);
+  p.u = time_contiguous(u);
+  p.delta = time_contiguous(delta);
   p.A = as_contiguous(A);
-  p.B = as_contiguous(B);
-  p.C = as_contiguous(C);
+  p.B = time_contiguous(B);
+  p.C = time_contiguous(C);
   p.D = dense_or_undefined(D);
-  p.z = dense_or_undefined(z);
+  p.z = time_contiguous(z);
   p.bias = dense_or_undefined(bias);
   p.h0 = dense_or_undefined(h0);
   p.softplus = softplus;
@@ -314,37 +352,84 @@ const T* ptr_or_null(const Tensor& t) { return t.defined() ? data_at<const T>(t)
 template <typename T>
 T* mut_ptr_or_null(const Tensor& t) { return t.defined() ? data_at<T>(t) : nullptr; }
 
-inline bool all_aligned16(std::initializer_list<const void*> ptrs) {
-  for (const void* p : ptrs)
-    if (p && !aligned16(p)) return false;
-  return true;
+// A (batch, d_inner, L) tensor as the kernels address it: row (b, d) starts at
+// data + b·stride_b + d·stride_d and is contiguous in time. Contiguous: (d_inner·L, L);
+// channel-major: (L, batch·L). data is null for an absent tensor.
+template <typename P>
+struct Rows {
+  P* data = nullptr;
+  int64_t stride_b = 0, stride_d = 0;
+  __device__ __forceinline__ P* row(int64_t b, int64_t d) const { return data + b * stride_b + d * stride_d; }
+};
+
+template <typename P>
+Rows<P> rows_of(const Tensor& t) {
+  return t.defined() ? Rows<P>{data_at<P>(t), t.stride(0), t.stride(1)} : Rows<P>{};
 }
 
-// What both kernels read, as raw pointers. aligned: every base pointer is 16-byte aligned, so a
-// lane's kItems steps may be moved as whole 4/8/16-byte words when L % kItems == 0 (every
-// (batch, channel) or (batch, group, state) row then starts on a word boundary); see vec_for.
+// B or C (batch, groups, N, L): state n's row of (b, g) starts at row(b, g) + n·stride_n and is
+// contiguous in time; the kernels walk the states with a running pointer.
 template <typename T>
-struct ScanInputs {
-  using W = math_t<T>;
-  const T *u, *delta, *z, *B, *C;
-  const W *A, *D, *bias;
-  int64_t batch, d_inner, L, N, groups, per_group, chunk, n_chunks;
-  bool softplus, aligned;
-  bool vec = false;  // set per kernel: aligned && L % its kItems == 0
+struct StateRows {
+  const T* data = nullptr;
+  int64_t stride_b = 0, stride_g = 0, stride_n = 0;
+  __device__ __forceinline__ const T* row(int64_t b, int64_t g) const { return data + b * stride_b + g * stride_g; }
 };
 
 template <typename T>
-bool vec_for(const ScanInputs<T>& in, int items) { return items > 1 && in.aligned && in.L % items == 0; }
+StateRows<T> state_rows_of(const Tensor& t) {
+  return {data_at<const T>(t), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+// The largest power of two up to 16 that divides every row start of the given tensors, in
+// bytes: their base addresses and the strides of every dimension but time (dimensions of size
+// 1 never step). Undefined tensors do not count.
+inline int64_t row_alignment(std::initializer_list<Tensor> tensors) {
+  uint64_t bits = 16;
+  for (const Tensor& t : tensors) {
+    if (!t.defined()) continue;
+    bits |= uint64_t(reinterpret_cast<uintptr_t>(t.raw_data()));
+    const int64_t elem = int64_t(dtype_size(t.dtype()));
+    for (int64_t i = 0; i + 1 < t.dim(); ++i)
+      if (t.shape()[size_t(i)] > 1) bits |= uint64_t(t.stride(i) * elem);
+  }
+  return int64_t(bits & (~bits + 1));
+}
+
+// What both kernels read, as raw pointers and strides. align: row_alignment of u, delta, z, B
+// and C; see vec_for.
+template <typename T>
+struct ScanInputs {
+  using W = math_t<T>;
+  Rows<const T> u, delta, z;
+  StateRows<T> B, C;
+  const W *A, *D, *bias;
+  int64_t batch, d_inner, L, N, groups, per_group, chunk, n_chunks;
+  int64_t align;
+  bool softplus;
+  bool vec = false;  // set per kernel by vec_for
+};
+
+// Whether a kernel whose lanes own `items` steps may move them as whole words (load_items): a
+// word is min(16, items · sizeof(T)) bytes (word_t), so every row start, of the inputs and of
+// the kernel's other rows (row_alignment `other_align`), must sit on one. L % items == 0 too: the
+// f32 dB/dC tile workspaces of bf16 inputs move wider words, and their rows start at multiples
+// of L (as do all rows of dense inputs, which so take the same paths as before strides were).
+template <typename T>
+bool vec_for(const ScanInputs<T>& in, int items, int64_t other_align) {
+  const int64_t word = std::min<int64_t>(16, int64_t(items) * int64_t(sizeof(T)));
+  return items > 1 && in.L % items == 0 && std::min(in.align, other_align) >= word;
+}
 
 template <typename T>
 ScanInputs<T> scan_inputs(const Prepared& p) {
   using W = math_t<T>;
   ScanInputs<T> in;
-  in.u = data_at<const T>(p.u);
-  in.delta = data_at<const T>(p.delta);
-  in.z = ptr_or_null<T>(p.z);
-  in.B = data_at<const T>(p.B);
-  in.C = data_at<const T>(p.C);
+  in.u = rows_of<const T>(p.u);
+  in.delta = rows_of<const T>(p.delta);
+  in.z = rows_of<const T>(p.z);
+  in.B = state_rows_of<T>(p.B);
+  in.C = state_rows_of<T>(p.C);
   in.A = data_at<const W>(p.A);
   in.D = ptr_or_null<W>(p.D);
   in.bias = ptr_or_null<W>(p.bias);
@@ -357,7 +442,7 @@ ScanInputs<T> scan_inputs(const Prepared& p) {
   in.chunk = p.plan.chunk;
   in.n_chunks = p.plan.n_chunks;
   in.softplus = p.softplus;
-  in.aligned = all_aligned16({in.u, in.delta, in.z, in.B, in.C});
+  in.align = row_alignment({p.u, p.delta, p.z, p.B, p.C});
   return in;
 }
 
@@ -375,12 +460,12 @@ void allow_shared_memory(Kernel kernel, size_t bytes) {
 // Loads u and delta of steps [t0, t0 + kItems) of a row and forms Δ (bias, softplus); steps past
 // L get u = 0 and Δ = 0, so that their map is the identity (a = 1, b = 0) and they add nothing.
 template <int kItems, typename T>
-__device__ __forceinline__ void load_steps(const ScanInputs<T>& in, bool vec, int64_t row, int64_t d, int64_t t0,
+__device__ __forceinline__ void load_steps(const ScanInputs<T>& in, bool vec, int64_t b, int64_t d, int64_t t0,
                                            math_t<T> (&u)[kItems], math_t<T> (&dt)[kItems],
                                            math_t<T> (&raw)[kItems]) {
   using W = math_t<T>;
-  load_items(in.u + row * in.L, t0, in.L, vec, u);
-  load_items(in.delta + row * in.L, t0, in.L, vec, raw);
+  load_items(in.u.row(b, d), t0, in.L, vec, u);
+  load_items(in.delta.row(b, d), t0, in.L, vec, raw);
   const W bias = in.bias ? in.bias[d] : W(0);
 #pragma unroll
   for (int i = 0; i < kItems; ++i) {

@@ -12,7 +12,7 @@ template <typename T>
 struct FwdParams {
   ScanInputs<T> in;
   const math_t<T>* h0;       // (batch, d_inner, N) or null (zeros)
-  T* y;                      // (batch, d_inner, L)
+  Rows<T> y;                 // (batch, d_inner, L) in u's layout
   math_t<T>* final_state;    // (batch, d_inner, N)
   math_t<T>* chunk_states;   // (batch, d_inner, n_chunks, N): the state entering each chunk
 };
@@ -37,8 +37,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, 4) selective_scan_fwd_ker
   const int64_t L = in.L, N = in.N, chunk = in.chunk, n_chunks = in.n_chunks;
   W* carry = reinterpret_cast<W*>(fwd_smem) + warp * N;
   const int64_t d = row % in.d_inner, b = row / in.d_inner, g = d / in.per_group;
-  const T* B_rows = in.B + (b * in.groups + g) * N * L;
-  const T* C_rows = in.C + (b * in.groups + g) * N * L;
+  const T* B_rows = in.B.row(b, g);
+  const T* C_rows = in.C.row(b, g);
   const W* A_row = in.A + d * N;
   const W D = in.D ? in.D[d] : W(0);
 
@@ -50,7 +50,7 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, 4) selective_scan_fwd_ker
     // A lane saves chunk states when its first step starts a chunk (chunk is a multiple of kItems).
     const bool saves = t0 < L && t0 % chunk == 0;
     W u[kItems], dt[kItems], raw[kItems], dtu[kItems], out[kItems];
-    load_steps<kItems>(in, vec, row, d, t0, u, dt, raw);
+    load_steps<kItems>(in, vec, b, d, t0, u, dt, raw);
     W dt_sum = W(0);  // Π_i exp2(dt_i·A) = exp2(Σ_i dt_i·A): the composite's factor in one exponential
 #pragma unroll
     for (int i = 0; i < kItems; ++i) {
@@ -76,8 +76,8 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, 4) selective_scan_fwd_ker
       const RawItems<kItems, T> C_raw = C_next;
       to_math(B_next, Bv);
       if (n + 1 < states) {
-        B_at += L;
-        C_at += L;
+        B_at += in.B.stride_n;
+        C_at += in.C.stride_n;
         load_raw(B_at, full, valid, B_next);
         load_raw(C_at, full, valid, C_next);
         A_next = A_row[n + 1];
@@ -104,13 +104,13 @@ __global__ void __launch_bounds__(32 * kWarpsPerBlock, 4) selective_scan_fwd_ker
       __syncwarp();  // every lane has read carry[n]
       if (lane == 31) carry[n] = h;
     }
-    if (in.z) {
+    if (in.z.data) {
       W zv[kItems];
-      load_items(in.z + row * L, t0, L, vec, zv);
+      load_items(in.z.row(b, d), t0, L, vec, zv);
 #pragma unroll
       for (int i = 0; i < kItems; ++i) out[i] *= zv[i] * sigmoid_m(zv[i]);
     }
-    store_items(p.y + row * L, t0, L, vec, out);
+    store_items(p.y.row(b, d), t0, L, vec, out);
     __syncwarp();  // lane 31's carries are visible to the next pass
   }
   for (int64_t n = lane; n < N; n += 32) p.final_state[row * N + n] = carry[n];
@@ -131,7 +131,7 @@ ScanForwardResult selective_scan_fwd(const Tensor& u, const Tensor& delta, const
   const Prepared prep = prepare(op, u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state);
   const int64_t rows = prep.batch * prep.d_inner, N = prep.N;
   ScanForwardResult r;
-  r.y = empty(u.shape(), u.options());
+  r.y = empty_in_layout_of(prep.u, u.options());
   r.final_state = empty({prep.batch, prep.d_inner, N}, A.options());
   r.chunk_states = empty({prep.batch, prep.d_inner, prep.plan.n_chunks, N}, A.options());
   if (rows == 0) return r;
@@ -139,9 +139,9 @@ ScanForwardResult selective_scan_fwd(const Tensor& u, const Tensor& delta, const
     using W = math_t<T>;
     FwdParams<T> p;
     p.in = scan_inputs<T>(prep);
-    p.in.vec = vec_for(p.in, kFwdItems) && aligned16(data_at<T>(r.y));
+    p.in.vec = vec_for(p.in, kFwdItems, row_alignment({r.y}));
     p.h0 = ptr_or_null<W>(prep.h0);
-    p.y = data_at<T>(r.y);
+    p.y = rows_of<T>(r.y);
     p.final_state = data_at<W>(r.final_state);
     p.chunk_states = data_at<W>(r.chunk_states);
     const size_t smem = size_t(kWarpsPerBlock * N) * sizeof(W);

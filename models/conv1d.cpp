@@ -18,6 +18,12 @@ CausalConv1d::CausalConv1d(int64_t channels, int64_t kernel_size, bool has_bias,
   if (has_bias) register_parameter("bias", bias, rand({channels}, gen, options, -bound, bound), false);
 }
 
+Tensor CausalConv1d::forward(const Tensor& x, bool silu_activation) const {
+  SCANLINE_CHECK(x.defined(), "CausalConv1d: expected an input tensor, found an undefined one");
+  return causal_conv1d(x, to_dtype(weight, x.dtype()), bias.defined() ? to_dtype(bias, x.dtype()) : Tensor(),
+                       silu_activation);
+}
+
 Tensor CausalConv1d::forward_channels_last(const Tensor& x, bool silu_activation) const {
   SCANLINE_CHECK(x.defined(), "CausalConv1d: expected an input tensor, found an undefined one");
   return causal_conv1d_channels_last(x, to_dtype(weight, x.dtype()),

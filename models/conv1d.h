@@ -14,6 +14,12 @@ class CausalConv1d : public Module {
   // depthwise filter.
   CausalConv1d(int64_t channels, int64_t kernel_size, bool bias, Generator& gen, TensorOptions options = {});
 
+  // x (batch, channels, length) -> same shape, optionally followed by SiLU (fused). The
+  // parameters are cast to x's dtype. x's rows may have any batch and channel strides (time
+  // stride 1 is read in place on CUDA); a channel-major x (strides (length, batch·length, 1), the
+  // Mamba-1 mixer's) gives a channel-major result, see ops/causal_conv1d.cpp.
+  Tensor forward(const Tensor& x, bool silu_activation) const;
+
   // x (batch, length, channels) -> same shape, optionally followed by SiLU (fused). The
   // parameters are cast to x's dtype.
   Tensor forward_channels_last(const Tensor& x, bool silu_activation) const;

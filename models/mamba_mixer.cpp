@@ -134,45 +134,74 @@ Tensor MambaMixer::forward(const Tensor& x, MambaState* state) const {
   const int64_t d = config_.d_model, E = config_.d_inner(), N = config_.d_state, k = config_.d_conv;
   SCANLINE_CHECK(x.defined() && x.dim() == 3 && x.size(2) == d, "MambaMixer: expected x of shape (batch, L, ",
                  d, ") but found ", x.defined() ? describe(x) : "an undefined tensor");
-  const int64_t batch = x.size(0), L = x.size(1);
+  const int64_t batch = x.size(0), L = x.size(1), BL = batch * L;
   if (state) check_state(*state, batch, x.dtype(), x.device(), "MambaMixer::forward");
+  const DType dtype = x.dtype();
 
-  // Channels-last (batch, L, ·) up to the scan: the projections make it, the conv reads it.
-  std::vector<Tensor> xz = split(in_proj.forward(x), E, 2);
-  Tensor conv_in = xz[0];
+  // Channel-major, as mamba_ssm: every projection is one GEMM W·xᵀ whose result has a row per
+  // channel, (channels, batch·L). Seen as (channels, batch, L) and permuted, that is a (batch,
+  // channels, L) view with strides (L, batch·L, 1): rows contiguous in time, which the conv and
+  // the scan read in place, and which they return (y, and du, dΔ, dz in the backward) in the same
+  // layout, so going back to (channels, batch·L) for the next GEMM is a view again. No transpose
+  // copy on the way to the scan or back (CUDA; the CPU scan returns contiguous tensors, which
+  // the reshapes below then copy). The weights are cast to x's dtype as Linear::forward does.
+  auto channel_major = [](const Tensor& rows) {  // (c, batch, L) -> (batch, c, L) view
+    return permute(rows, {1, 0, 2});
+  };
+  Tensor xz = matmul(to_dtype(in_proj.weight, dtype), transpose(reshape(x, {BL, d}), 0, 1));  // (2E, BL)
+  if (in_proj.bias.defined()) xz = add(xz, unsqueeze(to_dtype(in_proj.bias, dtype), 1));     // a bias per row
+  std::vector<Tensor> xz_rows = split(view(xz, {2 * E, batch, L}), E, 0);
+  const Tensor x_in = channel_major(xz_rows[0]), z = channel_major(xz_rows[1]);  // (batch, E, L)
+
+  // A continued conv prepends the stored inputs: a contiguous (batch, E, k-1+L) copy, whose conv
+  // output is then not channel-major (u's GEMM below packs it). Inference only, in practice.
   const bool continues = state && state->conv_state.defined();
-  if (continues) conv_in = cat({transpose(state->conv_state, 1, 2), conv_in}, 1);  // (batch, k-1+L, E)
-  Tensor u = conv1d.forward_channels_last(conv_in, true);
-  if (continues) u = narrow(u, 1, k - 1, L);
+  const Tensor conv_in = continues ? cat({state->conv_state, x_in}, 2) : x_in;
+  Tensor u = conv1d.forward(conv_in, true);  // (batch, E, L), in x_in's layout
+  if (continues) u = narrow(u, 2, k - 1, L);
+  // u feeds both x_proj and the scan through this (E, batch, L) view: their gradients meet here,
+  // where both are contiguous (on CUDA), so the engine sums them in place (had they met at u, as
+  // (batch, E, L) views with strides (L, BL, 1), the sum would start with a contiguous copy).
+  const Tensor u_rows = permute(u, {1, 0, 2});
 
-  // The scan takes (batch, E, L) and B, C as (batch, groups, N, L): transposed views here; the
-  // CUDA scan packs non-contiguous inputs itself (the CPU reference copies all to f64 anyway).
   Tensor delta, B_in, C_in;
   if (config_.selective) {
-    std::vector<Tensor> dbc = split(x_proj->forward(u), std::vector<int64_t>{config_.resolved_dt_rank(), N, N}, 2);
+    const int64_t R = config_.resolved_dt_rank();
+    // A view unless the conv continued from a state (view() would throw on a copy).
+    const Tensor u_mat = continues ? reshape(u_rows, {E, BL}) : view(u_rows, {E, BL});
+    const Tensor x_dbl = matmul(to_dtype(x_proj->weight, dtype), u_mat);  // (R + 2N, BL)
+    // Split as (rows, batch, L), so that the split's backward writes the (contiguous) dB, dC
+    // straight through their permuted views; dt_proj's GEMM takes its rows back as (R, BL).
+    std::vector<Tensor> dbc = split(view(x_dbl, {R + 2 * N, batch, L}), std::vector<int64_t>{R, N, N}, 0);
     // dt_proj without its bias: the scan adds the bias before the softplus.
-    delta = transpose(linear(dbc[0], to_dtype(dt_proj->weight, x.dtype())), 1, 2);
-    B_in = unsqueeze(transpose(dbc[1], 1, 2), 1);
-    C_in = unsqueeze(transpose(dbc[2], 1, 2), 1);
+    const Tensor dt_rows = matmul(to_dtype(dt_proj->weight, dtype), view(dbc[0], {R, BL}));  // (E, BL)
+    delta = channel_major(view(dt_rows, {E, batch, L}));
+    B_in = unsqueeze(channel_major(dbc[1]), 1);  // (batch, 1, N, L), strides (L, N·BL, BL, 1)
+    C_in = unsqueeze(channel_major(dbc[2]), 1);
   } else {
     // LTI: Δ = softplus(0 + dt_bias), and one B/C row per channel as groups = E. The expands are
     // stride-0 views, but the scan materializes (batch, E, N, L) B and C (and their gradients):
     // fine for the small ablation models this mode is for.
     delta = expand(zeros({1, 1, 1}, x.options()), {batch, E, L});
-    B_in = expand(reshape(to_dtype(B, x.dtype()), {1, E, N, 1}), {batch, E, N, L});
-    C_in = expand(reshape(to_dtype(C, x.dtype()), {1, E, N, 1}), {batch, E, N, L});
+    B_in = expand(reshape(to_dtype(B, dtype), {1, E, N, 1}), {batch, E, N, L});
+    C_in = expand(reshape(to_dtype(C, dtype), {1, E, N, 1}), {batch, E, N, L});
   }
-  const ScanParams p = scan_params(x.dtype());
+  const ScanParams p = scan_params(dtype);
   const Tensor h0 = state ? state->ssm_state : Tensor();
-  SelectiveScanResult scan = selective_scan(transpose(u, 1, 2), delta, p.A, B_in, C_in, p.D, transpose(xz[1], 1, 2),
-                                            p.delta_bias, true, h0);
+  SelectiveScanResult scan =
+      selective_scan(channel_major(u_rows), delta, p.A, B_in, C_in, p.D, z, p.delta_bias, true, h0);
   if (state) {
     NoGradGuard no_grad;
-    state->conv_state = last_conv_inputs(conv_in.detach(), k - 1);
+    state->conv_state = last_conv_inputs(transpose(conv_in.detach(), 1, 2), k - 1);
     state->ssm_state = scan.final_state.detach();
   }
-  // y back to (batch, L, E); out_proj's matrix product packs the transposed view (one copy).
-  return out_proj.forward(transpose(scan.y, 1, 2));
+  // y (batch, E, L) as (E, BL) (a view of the CUDA scan's channel-major y), then out_proj as
+  // yᵀ·Wᵀ: linear reads the column-major yᵀ in place and its backward hands back a contiguous
+  // (E, BL) gradient, which is dy in the channel-major layout again.
+  const Tensor y_mat = reshape(permute(scan.y, {1, 0, 2}), {E, BL});
+  const Tensor out = linear(transpose(y_mat, 0, 1), to_dtype(out_proj.weight, dtype),
+                            out_proj.bias.defined() ? to_dtype(out_proj.bias, dtype) : Tensor());  // (BL, d)
+  return view(out, {batch, L, d});
 }
 
 Tensor MambaMixer::step(const Tensor& x, MambaState& state) const {

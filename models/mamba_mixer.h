@@ -68,7 +68,8 @@ class MambaMixer : public Module {
   // starts from zeros. With one, the conv continues from state->conv_state (prepended to the conv
   // input, a copy of the x half) and the scan from state->ssm_state; afterwards the state holds
   // the states after the last token (detached: no gradient flows across calls). A prefill is a
-  // forward with a default-constructed MambaState.
+  // forward with a default-constructed MambaState. Computed channel-major as mamba_ssm does
+  // (one GEMM a projection, activations as (channels, batch·L) rows; see mamba_mixer.cpp).
   Tensor forward(const Tensor& x, MambaState* state = nullptr) const;
 
   // Advances one token, x (batch, d_model) -> (batch, d_model), updating state in place (a

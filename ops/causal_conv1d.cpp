@@ -43,11 +43,26 @@ void check_inputs(const char* op, const Tensor& x, bool channels_last, const Ten
                    ": expected bias of shape (channels) = [", channels, "] but found ", describe(bias));
 }
 
-// Both public functions: out has x's shape and layout; the kernels read both through as_bcl.
+// A fresh tensor of x's shape for out and grad_x, in x's row order. Channels-first x whose
+// channel rows lie further apart than its batch rows, with time stride 1 (mamba_ssm's
+// channel-major in_proj output, strides (L, batch * L, 1)), gets a contiguous (channels, batch,
+// length) buffer seen as (batch, channels, length), so the next op reads it as it read x; every
+// other layout (a batch-broadcast x, stride 0, included) gets a contiguous tensor.
+Tensor empty_like_rows(const Tensor& x, bool channels_last) {
+  const Shape& s = x.shape();
+  const Shape& st = x.strides();
+  const bool channel_major = !channels_last && x.numel() > 0 && s[0] > 1 && s[1] > 1 &&
+                             (s[2] == 1 || st[2] == 1) && st[0] > 0 && st[1] > st[0];
+  if (!channel_major) return empty(s, x.options());
+  return as_strided(empty({s[1], s[0], s[2]}, x.options()), s, {s[2], s[0] * s[2], 1}, 0);
+}
+
+// Both public functions: out has x's shape and empty_like_rows' layout; the CPU kernels read and
+// write through as_bcl, the CUDA launchers take each tensor's own strides.
 Tensor conv(const char* op, const Tensor& x, bool channels_last, const Tensor& weight,
             const Tensor& bias, bool silu) {
   check_inputs(op, x, channels_last, weight, bias);
-  Tensor out = empty(x.shape(), x.options());
+  Tensor out = empty_like_rows(x, channels_last);
   if (x.device().is_cpu()) {
     cpu::causal_conv1d_forward(as_bcl(x, channels_last), weight, bias, silu, as_bcl(out, channels_last));
   } else {
@@ -69,7 +84,7 @@ Tensor conv(const char* op, const Tensor& x, bool channels_last, const Tensor& w
                      SCANLINE_CHECK(grad.dtype() == x.dtype(), op, ": backward expected a gradient of dtype ",
                                     x.dtype(), " but found ", describe(grad));
                      Tensor gx, gw, gb;
-                     if (ctx.needs(0)) gx = empty(x.shape(), x.options());
+                     if (ctx.needs(0)) gx = empty_like_rows(x, channels_last);  // x's layout, as out's
                      if (ctx.needs(1)) gw = empty(weight.shape(), weight.options());
                      if (ctx.needs(2)) gb = empty(bias.shape(), bias.options());
                      if (grad.device().is_cpu()) {

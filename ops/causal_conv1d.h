@@ -11,7 +11,8 @@ namespace scanline {
 inline constexpr int64_t kMaxCausalConvWidth = 8;
 
 // x (batch, channels, length), weight (channels, k), bias (channels) or undefined.
-// Returns (batch, channels, length).
+// Returns (batch, channels, length) in x's dimension order: a channel-major x (rows contiguous in
+// time, strides (L, batch·L, 1)) gives a channel-major result and gradient, others contiguous.
 Tensor causal_conv1d(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor(),
                      bool silu_activation = false);
 

@@ -2,7 +2,8 @@
 // CPU reference kernels of causal_conv1d. Every activation-shaped tensor here is a logical
 // (batch, channels, length) view with arbitrary strides, so the channels-first and channels-last
 // layouts share one kernel (the caller permutes strides). Results are written into the given
-// output tensors; an undefined output is skipped.
+// output tensors, whose layouts the caller picks (ops/causal_conv1d.cpp: x's row order, as the
+// CUDA launchers get); an undefined output is skipped.
 #include "core/tensor.h"
 
 namespace scanline::cpu {

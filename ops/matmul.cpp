@@ -23,6 +23,20 @@ namespace {
 
 Tensor transpose_last(const Tensor& t) { return transpose(t, -2, -1); }
 
+// A stack of column-major matrices (last two strides (1, not 1)), as transpose_last of a
+// contiguous tensor makes. Such an operand's gradient is built as the transpose of a contiguous
+// product, in the operand's own layout, so the transpose's backward hands its input a contiguous
+// gradient without a copy. A matrix with a size-1 dim is a vector: both layouts are one memory.
+bool column_major(const Tensor& t) {
+  return t.dim() >= 2 && t.size(-2) > 1 && t.size(-1) > 1 && t.stride(-2) == 1 && t.stride(-1) != 1;
+}
+
+// Whether operand t of a product with gradient g was used at its own shape (not broadcast over
+// g's batch dims), so its gradient needs no sum_to.
+bool same_batch(const Tensor& t, const Tensor& g) {
+  return t.dim() == g.dim() && std::equal(t.shape().begin(), t.shape().end() - 2, g.shape().begin());
+}
+
 void check_operands(const char* op, const Tensor& a, const Tensor& b) {
   ops_detail::check_floating(op, a, "a");
   ops_detail::check_floating(op, b, "b");
@@ -58,10 +72,17 @@ Tensor matmul_nd(const char* op, const Tensor& a, const Tensor& b) {
   else ops_detail::no_cuda_kernel(op, a);
 #endif
   record(op, {a, b}, {out}, [a = a.detach(), b = b.detach()](const BackwardContext& ctx) {
-    // d(a @ b) = g @ b^T for a and a^T @ g for b, summed over the batch dims each broadcast.
+    // d(a @ b) = g @ b^T for a and a^T @ g for b, summed over the batch dims each broadcast. A
+    // column-major operand used at its own shape gets the transpose of the transposed product:
+    // (g b^T)^T = b g^T and (a^T g)^T = g^T a, contiguous, returned as transposed views.
+    const Tensor& g = ctx.grad();
     Tensor ga, gb;
-    if (ctx.needs(0)) ga = sum_to(matmul(ctx.grad(), transpose_last(b)), a.shape());
-    if (ctx.needs(1)) gb = sum_to(matmul(transpose_last(a), ctx.grad()), b.shape());
+    if (ctx.needs(0))
+      ga = column_major(a) && same_batch(a, g) ? transpose_last(matmul(b, transpose_last(g)))
+                                               : sum_to(matmul(g, transpose_last(b)), a.shape());
+    if (ctx.needs(1))
+      gb = column_major(b) && same_batch(b, g) ? transpose_last(matmul(transpose_last(g), a))
+                                               : sum_to(matmul(transpose_last(a), g), b.shape());
     return Grads{ga, gb};
   });
   return out;
@@ -134,7 +155,12 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias) {
          [x2 = x2.detach(), w = weight.detach(), x_shape, rows, out_features](const BackwardContext& ctx) {
            Tensor g2 = reshape(ctx.grad(), {rows, out_features});
            Tensor gx, gw, gb;
-           if (ctx.needs(0)) gx = reshape(matmul(g2, w), x_shape);
+           // A column-major 2-D x (x2 is x then) gets its gradient in its layout, as in matmul:
+           // (g w)^T = w^T g^T, contiguous, returned transposed.
+           if (ctx.needs(0) && x_shape.size() == 2 && column_major(x2))
+             gx = transpose_last(matmul(transpose_last(w), transpose_last(g2)));
+           else if (ctx.needs(0))
+             gx = reshape(matmul(g2, w), x_shape);
            if (ctx.needs(1)) gw = matmul(transpose_last(g2), x2);
            if (ctx.needs(2)) gb = sum(g2, {0});  // the bias is added to every row
            return Grads{gx, gw, gb};

@@ -1,5 +1,7 @@
 #include <cmath>
 
+#include "autograd/grad_mode.h"
+#include "autograd/node.h"
 #include "core/parallel.h"
 #include "ops/causal_conv1d.h"
 #include "ops/elementwise.h"
@@ -47,6 +49,19 @@ Shape x_shape(bool channels_last, int64_t B, int64_t C, int64_t L) {
   return channels_last ? Shape{B, L, C} : Shape{B, C, L};
 }
 
+// mamba_ssm's channel-major activations: a (channels, batch, length) tensor seen as (batch,
+// channels, length), strides (length, batch * length, 1), as the mixer views in_proj's product.
+Tensor channel_major(const Tensor& cbl) { return transpose(cbl, 0, 1); }
+
+Shape channel_major_strides(int64_t B, int64_t L) { return {L, B * L, 1}; }
+
+// The gradients out's node hands its inputs for output gradient g: what the engine passes on,
+// before any leaf copies it into .grad.
+std::vector<Tensor> node_grads(const Tensor& out, const Tensor& g) {
+  NoGradGuard no_grad;
+  return out.grad_fn()->apply({g});
+}
+
 }  // namespace
 
 TEST_CASE("causal_conv1d matches a float64 loop for every width, length, bias, silu and layout") {
@@ -85,6 +100,51 @@ TEST_CASE("causal_conv1d layouts agree: channels-last equals transposed channels
   Tensor last = causal_conv1d_channels_last(x, w, b, true);
   Tensor first = transpose(causal_conv1d(contiguous(transpose(x, 1, 2)), w, b, true), 1, 2);
   check_close(last, first.to_double_vector(), 0.0);
+}
+
+TEST_CASE("causal_conv1d reads channel-major rows in place and returns out and grad_x channel-major") {
+  const int64_t B = 3, C = 5;
+  uint64_t seed = 350;
+  for (int64_t L : {7, 16})
+    for (bool with_bias : {false, true})
+      for (bool silu : {false, true}) {
+        CAPTURE(L); CAPTURE(with_bias); CAPTURE(silu);
+        Tensor x_cbl = random_leaf({C, B, L}, ++seed, -2.0, 2.0);
+        Tensor w = random_leaf({C, 4}, ++seed);
+        Tensor b = with_bias ? random_leaf({C}, ++seed) : Tensor();
+        Tensor xv = channel_major(x_cbl);
+        REQUIRE(xv.strides() == channel_major_strides(B, L));
+        Tensor xc = contiguous(xv.detach()).set_requires_grad(true);
+        Tensor yv = causal_conv1d(xv, w, b, silu), yc = causal_conv1d(xc, w, b, silu);
+        CHECK(yv.strides() == channel_major_strides(B, L));
+        CHECK(yc.is_contiguous());
+        CHECK(yv.to_double_vector() == yc.to_double_vector());  // the same sums in the same order
+        // The output gradient in either layout; grad_x comes back in x's, with today's values.
+        Tensor g = random_tensor({B, C, L}, ++seed);
+        for (const Tensor& gv : {g, channel_major(contiguous(transpose(g, 0, 1)))}) {
+          std::vector<Tensor> from_v = node_grads(yv, gv), from_c = node_grads(yc, g);
+          CHECK(from_v[0].strides() == channel_major_strides(B, L));
+          CHECK(from_c[0].is_contiguous());
+          for (size_t i = 0; i < 3; ++i)
+            if (from_c[i].defined()) CHECK(from_v[i].to_double_vector() == from_c[i].to_double_vector());
+        }
+        // Through the engine: the leaf under the transpose gets the permuted reference gradient.
+        backward(yv, g);
+        backward(yc, g);
+        check_close(x_cbl.grad(), contiguous(transpose(xc.grad(), 0, 1)).to_double_vector(), 0.0);
+      }
+}
+
+TEST_CASE("causal_conv1d gives contiguous outputs to layouts other than channel-major") {
+  Tensor w = random_tensor({4, 3}, 380);
+  Tensor x1 = channel_major(random_tensor({4, 1, 6}, 381));  // one batch row: the layouts coincide
+  CHECK(causal_conv1d(x1, w).is_contiguous());
+  Tensor xt = transpose(random_tensor({2, 6, 4}, 382), 1, 2);  // time stride 4: read through strides
+  CHECK(causal_conv1d(xt, w).is_contiguous());
+  Tensor xb = expand(random_tensor({1, 4, 6}, 383), {3, 4, 6});  // batch stride 0: no row order
+  Tensor yb = causal_conv1d(xb, w);
+  CHECK(yb.is_contiguous());
+  check_close(yb, conv_reference(contiguous(xb), w, Tensor(), false, false), 1e-12);
 }
 
 TEST_CASE("causal_conv1d passes gradcheck for every width, length, bias, silu and layout") {
@@ -126,6 +186,21 @@ TEST_CASE("causal_conv1d gradcheck with non-contiguous inputs and partial requir
       return sum(run_conv(channels_last, in[0], in[1], in[2], true), {1});
     }, {x, w, b});
   }
+}
+
+TEST_CASE("causal_conv1d gradcheck through a channel-major view") {
+  uint64_t seed = 550;
+  for (int64_t k : {1, 4})
+    for (bool silu : {false, true}) {
+      CAPTURE(k); CAPTURE(silu);
+      Tensor x = random_leaf({4, 3, 5}, ++seed, -2.0, 2.0);  // (channels, batch, length)
+      Tensor w = random_leaf({4, k}, ++seed);
+      Tensor b = random_leaf({4}, ++seed);
+      auto fn = [=](const std::vector<Tensor>& in) { return causal_conv1d(channel_major(in[0]), in[1], in[2], silu); };
+      check_gradients(fn, {x, w, b});  // a contiguous output gradient
+      // The output gradient channel-major, as the transpose's backward hands it on.
+      check_gradients([=](const std::vector<Tensor>& in) { return transpose(fn(in), 0, 1); }, {x, w, b});
+    }
 }
 
 TEST_CASE("causal_conv1d in f32 agrees with f64, forward and backward") {

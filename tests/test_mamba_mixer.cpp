@@ -1,7 +1,8 @@
 // models/mamba_mixer.h: the Mamba-1 mixer, selective and LTI. Parameter names, order, counts
 // (against the published definition's formula) and decay flags; the published init; forward
 // against a float64 loop of the definition; gradcheck w.r.t. the input and every parameter;
-// step() token by token and prefill + step against the full forward, with the final states.
+// step() token by token and prefill + step against the full forward, with the final states;
+// the channel-major forward against the earlier channels-last one (outputs, states, gradients).
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -9,10 +10,14 @@
 
 #include "autograd/engine.h"
 #include "autograd/grad_mode.h"
+#include "autograd/node.h"
 #include "models/mamba_mixer.h"
+#include "ops/causal_conv1d.h"
 #include "ops/concat.h"
 #include "ops/elementwise.h"
+#include "ops/matmul.h"
 #include "ops/reduce.h"
+#include "ops/selective_scan.h"
 #include "ops/views.h"
 #include "support/testing.h"
 
@@ -144,6 +149,73 @@ void check_states(const MambaState& s, const Reference& ref, double tol) {
   check_close(s.ssm_state, ref.ssm_state, tol);
 }
 
+
+// The mixer's forward as it was computed before the channel-major layout: channels-last
+// (batch, L, ·) activations from Linear::forward, the channels-last conv, transposed views into
+// the scan, out_proj on the transposed y. Built from the same public ops and parameters, so the
+// new forward must reproduce its output, states and every gradient.
+Tensor channels_last_forward(const MambaMixer& m, const Tensor& x, MambaState* state) {
+  const MambaConfig& c = m.config();
+  const int64_t E = c.d_inner(), N = c.d_state, k = c.d_conv, batch = x.size(0), L = x.size(1);
+  std::vector<Tensor> xz = split(m.in_proj.forward(x), E, 2);
+  Tensor conv_in = xz[0];
+  const bool continues = state && state->conv_state.defined();
+  if (continues) conv_in = cat({transpose(state->conv_state, 1, 2), conv_in}, 1);
+  Tensor u = m.conv1d.forward_channels_last(conv_in, true);
+  if (continues) u = narrow(u, 1, k - 1, L);
+  Tensor delta, B_in, C_in;
+  if (c.selective) {
+    std::vector<Tensor> dbc = split(m.x_proj->forward(u), std::vector<int64_t>{c.resolved_dt_rank(), N, N}, 2);
+    delta = transpose(linear(dbc[0], to_dtype(m.dt_proj->weight, x.dtype())), 1, 2);
+    B_in = unsqueeze(transpose(dbc[1], 1, 2), 1);
+    C_in = unsqueeze(transpose(dbc[2], 1, 2), 1);
+  } else {
+    delta = expand(zeros({1, 1, 1}, x.options()), {batch, E, L});
+    B_in = expand(reshape(to_dtype(m.B, x.dtype()), {1, E, N, 1}), {batch, E, N, L});
+    C_in = expand(reshape(to_dtype(m.C, x.dtype()), {1, E, N, 1}), {batch, E, N, L});
+  }
+  const DType p = x.dtype() == DType::f64 ? DType::f64 : DType::f32;
+  const Tensor A = neg(exp(to_dtype(m.A_log, p))), D = to_dtype(m.D, p);
+  const Tensor bias = to_dtype(c.selective ? m.dt_proj->bias : m.dt_bias, p);
+  SelectiveScanResult scan = selective_scan(transpose(u, 1, 2), delta, A, B_in, C_in, D, transpose(xz[1], 1, 2),
+                                            bias, true, state ? state->ssm_state : Tensor());
+  if (state) {
+    NoGradGuard no_grad;
+    // The last k - 1 conv inputs, zero-padded on the left: (batch, E, k - 1).
+    const int64_t T = conv_in.size(1), n = std::min(T, k - 1);
+    Tensor last = zeros({batch, E, k - 1}, x.options());
+    copy_into(narrow(last, 2, k - 1 - n, n), transpose(narrow(conv_in.detach(), 1, T - n, n), 1, 2));
+    state->conv_state = last;
+    state->ssm_state = scan.final_state.detach();
+  }
+  return m.out_proj.forward(transpose(scan.y, 1, 2));
+}
+
+// An identity node that records the strides of the gradient arriving at x.
+Tensor stride_probe(const Tensor& x, Shape* grad_strides) {
+  Tensor out = as_strided(x, x.shape(), x.strides(), x.offset());
+  autograd::record("stride_probe", {x}, {out}, [grad_strides](const autograd::BackwardContext& ctx) {
+    *grad_strides = ctx.grad().strides();
+    return std::vector<Tensor>{ctx.grad()};
+  });
+  return out;
+}
+
+// max |a - b| <= tol · max(1, max |b|), elementwise over two equally shaped tensors.
+void check_same(const Tensor& actual, const Tensor& expected, double tol, const std::string& what) {
+  INFO(what);
+  REQUIRE(actual.defined());
+  REQUIRE(expected.defined());
+  REQUIRE(actual.shape() == expected.shape());
+  const std::vector<double> a = actual.to_double_vector(), e = expected.to_double_vector();
+  double scale = 1.0, err = 0.0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    scale = std::max(scale, std::abs(e[i]));
+    err = std::max(err, std::abs(a[i] - e[i]));
+  }
+  INFO("max error ", err, " at scale ", scale);
+  CHECK(err <= tol * scale);
+}
 }  // namespace
 
 TEST_CASE("MambaConfig resolves dt_rank and rejects impossible values") {
@@ -354,6 +426,94 @@ TEST_CASE("MambaMixer prefill then step() equals the full forward; a forward con
       check_close(cat({a, b}, 1), ref.out, 1e-12);
       check_states(state2, ref, 1e-12);
     }
+  }
+}
+
+TEST_CASE("MambaMixer's channel-major forward equals the channels-last one: outputs, states, gradients") {
+  enum class Mode { none, prefill, continued };
+  struct Case {
+    bool selective, biases;
+    int64_t batch, L, dt_rank;
+  };
+  const std::vector<Case> cases{{true, false, 3, 7, 2}, {true, true, 3, 7, 0}, {false, false, 3, 7, 0},
+                                {false, true, 2, 6, 0}, {true, false, 1, 5, 2}, {true, true, 2, 1, 0},
+                                {false, false, 1, 4, 0}};
+  for (const Case& cs : cases)
+    for (DType dtype : {DType::f64, DType::f32})
+      for (Mode mode : {Mode::none, Mode::prefill, Mode::continued}) {
+        INFO("selective ", cs.selective, " biases ", cs.biases, " batch ", cs.batch, " L ", cs.L, " dtype ", dtype,
+             " mode ", int(mode));
+        const double tol = dtype == DType::f64 ? 1e-12 : 1e-5;
+        MambaConfig c = tiny_config(cs.selective);
+        c.bias = cs.biases;
+        c.conv_bias = !cs.biases;
+        c.dt_rank = cs.dt_rank;
+        Generator g1(21), g2(21);
+        MambaMixer a(c, g1, {.dtype = dtype}), b(c, g2, {.dtype = dtype});
+        // Larger dt biases than the init, so that Δ (and every path through it) matters.
+        for (MambaMixer* m : {&a, &b})
+          copy_into(cs.selective ? m->dt_proj->bias : m->dt_bias, random_tensor({8}, 22, dtype, -1.0, 1.0));
+
+        // A state to continue from: the first 3 tokens of another sequence, run through forward.
+        MambaState start;
+        if (mode == Mode::continued) {
+          NoGradGuard no_grad;
+          a.forward(random_tensor({cs.batch, 3, 4}, 23, dtype, -2.0, 2.0), &start);
+        }
+        const Tensor x_values = random_tensor({cs.batch, cs.L, 4}, 24, dtype, -2.0, 2.0);
+        const Tensor upstream = random_tensor({cs.batch, cs.L, 4}, 25, dtype, -1.0, 1.0);
+        Tensor xa = contiguous_copy(x_values, dtype, x_values.device());
+        Tensor xb = contiguous_copy(x_values, dtype, x_values.device());
+        xa.set_requires_grad(true);
+        xb.set_requires_grad(true);
+
+        MambaState sa = start, sb = start;
+        Shape grad_strides;
+        Tensor out = a.forward(stride_probe(xa, &grad_strides), mode == Mode::none ? nullptr : &sa);
+        Tensor ref = channels_last_forward(b, xb, mode == Mode::none ? nullptr : &sb);
+        REQUIRE(out.shape() == Shape{cs.batch, cs.L, 4});
+        CHECK(out.dtype() == dtype);
+        CHECK(out.is_contiguous());
+        check_same(out, ref, tol, "out");
+        if (mode != Mode::none) {
+          check_same(sa.conv_state, sb.conv_state, 0.0, "conv_state");  // a copy of the same inputs
+          CHECK(sa.conv_state.is_contiguous());
+          check_same(sa.ssm_state, sb.ssm_state, tol, "ssm_state");
+          CHECK(sa.ssm_state.dtype() == sb.ssm_state.dtype());
+        }
+
+        backward(sum(mul(out, upstream)));
+        backward(sum(mul(ref, upstream)));
+        // The gradient reaches x contiguous: in_proj's backward builds it as one (batch·L, d) GEMM.
+        CHECK(grad_strides == xa.strides());
+        check_same(xa.grad(), xb.grad(), tol, "x");
+        std::vector<NamedParameter> pa = a.named_parameters(), pb = b.named_parameters();
+        REQUIRE(pa.size() == pb.size());
+        for (size_t i = 0; i < pa.size(); ++i) {
+          REQUIRE(pa[i].name == pb[i].name);
+          CHECK(pa[i].tensor.grad().dtype() == dtype);
+          check_same(pa[i].tensor.grad(), pb[i].tensor.grad(), tol, pa[i].name);
+        }
+      }
+}
+
+TEST_CASE("MambaMixer's channel-major forward with f32 parameters and bf16 activations") {
+  // bf16 rounds each stage, and the two layouts round the same values: equal within bf16's
+  // precision relative to the output's scale; the f32 parameters get f32 gradients.
+  Generator g1(26), g2(26);
+  MambaConfig c = tiny_config(true);
+  c.bias = true;
+  MambaMixer a(c, g1), b(c, g2);
+  Tensor x = random_tensor({2, 6, 4}, 27, DType::bf16, -2.0, 2.0);
+  Tensor out = a.forward(x), ref = channels_last_forward(b, x, nullptr);
+  CHECK(out.dtype() == DType::bf16);
+  check_same(out, ref, 1e-2, "out");
+  backward(sum(out));
+  backward(sum(ref));
+  std::vector<NamedParameter> pa = a.named_parameters(), pb = b.named_parameters();
+  for (size_t i = 0; i < pa.size(); ++i) {
+    CHECK(pa[i].tensor.grad().dtype() == DType::f32);
+    check_same(pa[i].tensor.grad(), pb[i].tensor.grad(), 1e-2, pa[i].name);
   }
 }
 

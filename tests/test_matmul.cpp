@@ -1,5 +1,7 @@
 #include <cstring>
 
+#include "autograd/grad_mode.h"
+#include "autograd/node.h"
 #include "core/parallel.h"
 #include "ops/elementwise.h"
 #include "ops/matmul.h"
@@ -70,6 +72,17 @@ Tensor strided_view(const Shape& shape, uint64_t seed, DType dtype = DType::f64)
 Tensor transposed(const Shape& shape, uint64_t seed, DType dtype = DType::f64) {
   return transpose(random_tensor({shape[1], shape[0]}, seed, dtype), 0, 1);
 }
+
+// The gradients out's node hands its inputs for output gradient g: what the engine passes on,
+// before a leaf copies it into .grad.
+std::vector<Tensor> node_grads(const Tensor& out, const Tensor& g) {
+  NoGradGuard no_grad;
+  return out.grad_fn()->apply({g});
+}
+
+Tensor transpose_last(const Tensor& t) { return transpose(t, -2, -1); }
+
+bool same_storage(const Tensor& a, const Tensor& b) { return a.impl()->storage == b.impl()->storage; }
 
 }  // namespace
 
@@ -195,6 +208,84 @@ TEST_CASE("matmul, bmm and linear pass gradcheck") {
   check_gradients(lin_bias, {random_leaf({2, 3, 4}, 89), random_leaf({5, 4}, 90), random_leaf({5}, 91)});
   check_gradients(lin_bias, {transposed_leaf({3, 4}, 92), transposed_leaf({5, 4}, 93), random_leaf({5}, 94)});
   check_gradients(lin_bias, {random_leaf({4}, 95), random_leaf({5, 4}, 96), random_leaf({5}, 97)});
+}
+
+TEST_CASE("matmul hands a transposed operand its gradient transposed, so its leaf's arrives contiguous") {
+  struct Case { Shape a, b; bool a_t, b_t; };  // a_t: a = transpose_last(leaf); shapes are a's and b's
+  const std::vector<Case> cases = {
+      {{5, 3}, {3, 4}, true, false},       {{5, 3}, {3, 4}, false, true},       {{5, 3}, {3, 4}, true, true},
+      {{2, 5, 3}, {2, 3, 4}, true, true},  {{2, 5, 3}, {3, 4}, true, true},     // b broadcast, a not
+      {{2, 2, 5, 3}, {2, 1, 3, 4}, true, false}};
+  uint64_t seed = 140;
+  for (const Case& c : cases) {
+    CAPTURE(c.a); CAPTURE(c.b); CAPTURE(c.a_t); CAPTURE(c.b_t);
+    // The leaves are stored transposed where the op sees a transpose.
+    auto swap_last = [](Shape s) {
+      std::swap(s[s.size() - 1], s[s.size() - 2]);
+      return s;
+    };
+    Tensor la = random_leaf(c.a_t ? swap_last(c.a) : c.a, ++seed);
+    Tensor lb = random_leaf(c.b_t ? swap_last(c.b) : c.b, ++seed);
+    Tensor a = c.a_t ? transpose_last(la) : la, b = c.b_t ? transpose_last(lb) : lb;
+    Tensor y = matmul(a, b);
+    Tensor g = random_tensor(y.shape(), ++seed);
+    std::vector<Tensor> grads = node_grads(y, g);
+    // Today's formulas on contiguous copies (a's batch dims are never broadcast in these cases).
+    std::vector<double> ga_ref = reference_matmul(g, transpose_last(b));
+    Tensor gb_ref = sum_to(matmul(transpose_last(contiguous(a.detach())), g), b.shape());
+    check_close(grads[0], ga_ref, 1e-12);
+    check_close(grads[1], gb_ref.to_double_vector(), 1e-12);
+    const bool b_broadcast = b.dim() != y.dim();
+    for (int i = 0; i < 2; ++i) {
+      const Tensor& op = i == 0 ? a : b;
+      const bool transposed_op = i == 0 ? c.a_t : c.b_t;
+      if (!transposed_op) continue;
+      if (i == 1 && b_broadcast) {
+        CHECK(grads[1].is_contiguous());  // summed over the batch: today's path
+        continue;
+      }
+      CHECK(grads[size_t(i)].strides() == op.strides());
+      // The transpose's backward turns it back into a contiguous tensor on the same memory.
+      Tensor leaf_grad = node_grads(op, grads[size_t(i)])[0];
+      CHECK(leaf_grad.is_contiguous());
+      CHECK(same_storage(leaf_grad, grads[size_t(i)]));
+    }
+    backward(y, g);
+    CHECK(la.grad().is_contiguous());
+    check_close(c.a_t ? transpose_last(la.grad()) : la.grad(), grads[0].to_double_vector(), 0.0);
+  }
+}
+
+TEST_CASE("linear hands a 2-D transposed input its gradient transposed") {
+  Tensor lx = random_leaf({6, 5}, 150);  // (in, rows)
+  Tensor x = transpose(lx, 0, 1), w = random_leaf({4, 6}, 151), bias = random_leaf({4}, 152);
+  Tensor y = linear(x, w, bias);
+  Tensor g = random_tensor({5, 4}, 153);
+  std::vector<Tensor> grads = node_grads(y, g);
+  CHECK(grads[0].strides() == x.strides());
+  check_close(grads[0], reference_matmul(g, w), 1e-12);
+  check_close(grads[1], reference_matmul(transpose(g, 0, 1), x), 1e-12);
+  Tensor leaf_grad = node_grads(x, grads[0])[0];
+  CHECK(leaf_grad.is_contiguous());
+  CHECK(same_storage(leaf_grad, grads[0]));
+  // A 3-D input takes today's path: reshaped rows, contiguous gradient.
+  Tensor x3 = transpose(random_leaf({2, 6, 5}, 154), 1, 2);
+  std::vector<Tensor> grads3 = node_grads(linear(x3, w), random_tensor({2, 5, 4}, 155));
+  CHECK(grads3[0].is_contiguous());
+}
+
+TEST_CASE("matmul and linear pass gradcheck through transposed operands") {
+  auto mm_t = [](const std::vector<Tensor>& in) { return matmul(transpose_last(in[0]), transpose_last(in[1])); };
+  check_gradients(mm_t, {random_leaf({4, 3}, 161), random_leaf({5, 4}, 162)});
+  check_gradients(mm_t, {random_leaf({2, 4, 3}, 163), random_leaf({2, 5, 4}, 164)});
+  check_gradients(mm_t, {random_leaf({2, 4, 3}, 165), random_leaf({5, 4}, 166)});     // b broadcast
+  check_gradients(mm_t, {random_leaf({4, 3}, 167), random_leaf({3, 5, 4}, 168)});     // a broadcast
+  check_gradients([](const std::vector<Tensor>& in) { return matmul(in[0], transpose_last(in[1])); },
+                  {random_leaf({4}, 169), random_leaf({5, 4}, 170)});                 // 1-D a
+  check_gradients([](const std::vector<Tensor>& in) { return matmul(transpose_last(in[0]), in[1]); },
+                  {random_leaf({4, 3}, 171), random_leaf({4}, 172)});                 // 1-D b
+  check_gradients([](const std::vector<Tensor>& in) { return linear(transpose_last(in[0]), in[1], in[2]); },
+                  {random_leaf({4, 3}, 173), random_leaf({5, 4}, 174), random_leaf({5}, 175)});
 }
 
 TEST_CASE("linear's bias gradient sums over every leading dimension") {

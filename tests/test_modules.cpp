@@ -270,5 +270,9 @@ TEST_CASE("CausalConv1d: init bounds 1/sqrt(k), names, forward with SiLU") {
       expected[t * 3 + c] = s / (1.0 + std::exp(-s));
     }
   check_close(small.forward_channels_last(x, true), expected, 1e-12);
+  // The channels-first forward on the transposed view gives the transposed result.
+  Tensor first = small.forward(transpose(x, 1, 2), true);
+  CHECK(first.shape() == Shape{1, 3, 4});
+  check_close(transpose(first, 1, 2), expected, 1e-12);
   CHECK_THROWS_WITH_AS(CausalConv1d(3, 9, true, gen), doctest::Contains("kernel_size 9"), Error);
 }

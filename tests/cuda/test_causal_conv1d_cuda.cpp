@@ -1,7 +1,7 @@
 // CUDA causal_conv1d (cuda/causal_conv1d.cu) against the CPU path, forward and backward (x,
 // weight, bias), f32 and bf16: channels-first and channels-last layouts, k from 1 to 8, lengths
 // shorter than the taps to several blocks and dweight parts, vector and scalar (odd) rows, with
-// and without bias and SiLU, strided inputs.
+// and without bias and SiLU, strided inputs, mamba_ssm's channel-major rows read in place.
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -22,13 +22,17 @@ struct Case {
   int64_t batch, channels, length, k;
   bool channels_last, bias, silu;
   bool strided = false;  // x is a transposed view of the other layout
+  // Channels-first x is mamba_ssm's channel-major view, a (channels, batch, length) leaf seen as
+  // (batch, channels, length); grad_channel_major: the output gradient arrives in that layout too.
+  bool channel_major = false, grad_channel_major = false;
 };
 
 std::string describe_case(const Case& c) {
   return "batch " + std::to_string(c.batch) + " channels " + std::to_string(c.channels) + " length " +
          std::to_string(c.length) + " k " + std::to_string(c.k) +
          (c.channels_last ? " channels-last" : " channels-first") + (c.bias ? " bias" : "") + (c.silu ? " silu" : "") +
-         (c.strided ? " strided" : "");
+         (c.strided ? " strided" : "") + (c.channel_major ? " channel-major" : "") +
+         (c.grad_channel_major ? " channel-major grad" : "");
 }
 
 Tensor run_conv(const Case& c, const Tensor& x, const Tensor& w, const Tensor& b) {
@@ -41,23 +45,37 @@ void check_conv(const Case& c, DType dtype, uint64_t seed) {
   CAPTURE(dtype);
   const Shape shape = c.channels_last ? Shape{c.batch, c.length, c.channels} : Shape{c.batch, c.channels, c.length};
   // strided: the leaf has the last two dims swapped and the op sees its transpose.
-  const Shape leaf_shape = c.strided ? Shape{shape[0], shape[2], shape[1]} : shape;
+  const Shape leaf_shape = c.strided         ? Shape{shape[0], shape[2], shape[1]}
+                           : c.channel_major ? Shape{shape[1], shape[0], shape[2]}
+                                             : shape;
   Tensor x = random_cpu(leaf_shape, seed, dtype, -2.0, 2.0);
   Tensor w = random_cpu({c.channels, c.k}, seed + 1, dtype, -1.0, 1.0);
   Tensor b = random_cpu({c.channels}, seed + 2, dtype, -1.0, 1.0);
   Tensor xc = cpu_leaf(x), xg = on_gpu(x, true);
   Tensor wc = cpu_leaf(w), wg = on_gpu(w, true);
   Tensor bc = c.bias ? cpu_leaf(b) : Tensor(), bg = c.bias ? on_gpu(b, true) : Tensor();
-  auto view = [&](const Tensor& t) { return c.strided ? transpose(t, 1, 2) : t; };
+  auto view = [&](const Tensor& t) {
+    return c.strided ? transpose(t, 1, 2) : c.channel_major ? transpose(t, 0, 1) : t;
+  };
   Tensor oc = run_conv(c, view(xc), wc, bc), og = run_conv(c, view(xg), wg, bg);
   REQUIRE(og.device().is_cuda());
   REQUIRE(og.shape() == oc.shape());
+  if (c.channel_major && c.batch > 1 && c.channels > 1) {  // out in x's row order, on both devices
+    CHECK(og.strides() == Shape{c.length, c.batch * c.length, 1});
+    CHECK(oc.strides() == og.strides());
+  }
   const double tol = tolerance_for(dtype);
   // An output is a sum of k products and a bias: judge it against the terms' scale.
   check_relative(og, oc, tol, std::max(0.1 * max_abs(oc), 1e-30), what + " out");
-  Tensor g = random_cpu(shape, seed + 3, dtype, -1.0, 1.0);
-  backward(oc, g);
-  backward(og, on_gpu(g));
+  if (c.grad_channel_major) {  // the transpose's backward hands the conv a channel-major gradient
+    Tensor g = random_cpu({c.channels, c.batch, c.length}, seed + 3, dtype, -1.0, 1.0);
+    backward(transpose(oc, 0, 1), g);
+    backward(transpose(og, 0, 1), on_gpu(g));
+  } else {
+    Tensor g = random_cpu(shape, seed + 3, dtype, -1.0, 1.0);
+    backward(oc, g);
+    backward(og, on_gpu(g));
+  }
   check_relative(xg.grad(), xc.grad(), tol, std::max(max_abs(xc.grad()), 1e-30), what + " dx");
   check_relative(wg.grad(), wc.grad(), tol, std::max(max_abs(wc.grad()), 1e-30), what + " dweight");
   if (c.bias) check_relative(bg.grad(), bc.grad(), tol, std::max(max_abs(bc.grad()), 1e-30), what + " dbias");
@@ -95,6 +113,32 @@ TEST_CASE("cuda causal_conv1d matches the CPU for wide taps, odd sizes and many 
       check_conv({2, 8, 64, 4, channels_last, true, true, true}, dtype, seed += 4);   // strided x
       check_conv({2, 16, 1000, 4, channels_last, true, false, true}, dtype, seed += 4);
     }
+  }
+}
+
+TEST_CASE("cuda causal_conv1d reads channel-major rows in place and returns them channel-major") {
+  uint64_t seed = 2500;
+  for (DType dtype : {DType::f32, DType::bf16}) {
+    // Multiples of 8 (16-byte rows in both dtypes: vector loads) and not (scalar rows).
+    for (int64_t length : {64, 1000, 13, 1001}) {
+      for (bool bias : {false, true}) {
+        for (bool silu : {false, true}) {
+          Case c{3, 8, length, 4, false, bias, silu};
+          c.channel_major = true;
+          c.grad_channel_major = (length + int64_t(bias) + int64_t(silu)) % 2 == 0;  // both gradient layouts
+          check_conv(c, dtype, seed += 4);
+        }
+      }
+    }
+    Case many_parts{2, 5, 9000, 4, false, true, true};  // dweight from several parts a row
+    many_parts.channel_major = many_parts.grad_channel_major = true;
+    check_conv(many_parts, dtype, seed += 4);
+    Case wide{2, 6, 300, 8, false, true, true};
+    wide.channel_major = true;
+    check_conv(wide, dtype, seed += 4);
+    Case one_batch{1, 8, 256, 4, false, true, true};  // both layouts are the same memory
+    one_batch.channel_major = true;
+    check_conv(one_batch, dtype, seed += 4);
   }
 }
 

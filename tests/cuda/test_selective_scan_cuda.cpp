@@ -4,7 +4,8 @@
 // this keeps other ops' kernels out of the test). Lengths around the chunk sizes (128, 256, 512),
 // state sizes that change the chunk plan, d_inner that no tile size divides, groups 1 and
 // d_inner and in between, every optional input on and off, f32 / bf16 / f64, non-contiguous
-// inputs, bitwise determinism, and the memory bound of the recomputing backward.
+// inputs, mamba_ssm's channel-major layout read in place (and y and the row gradients returned
+// in it), bitwise determinism, and the memory bound of the recomputing backward.
 //
 // Tolerances: f32 1e-4, bf16 1e-2, f64 1e-9, each relative to max(|expected|, the largest
 // |expected| of the tensor): errors of sums and of long recurrences scale with the magnitude of
@@ -12,6 +13,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -84,15 +86,80 @@ struct Outcome {
   std::vector<Tensor> grads;  // per input, undefined for undefined inputs
 };
 
-// Runs the scan on `device` with fresh leaves; backward from y (through_y) or from final_state
-// with gradient grad_out. transposed: every 2-d and larger input reaches the op as the transpose
-// of a leaf holding its values with the last two dims swapped (a non-contiguous view).
-Outcome run_on(const Inputs& in, Device device, bool through_y, const Tensor& grad_out, bool transposed = false) {
+// How the inputs reach the op. dense: contiguous leaves. transposed: every 2-d and larger input
+// is the transpose of a leaf holding its values with the last two dims swapped (time is not
+// innermost: the launcher copies it). channel_major: mamba_ssm's layout, which the kernels read
+// in place: u, delta, z and grad_y are (batch, d_inner, L) views, strides (L, batch·L, 1), of
+// (d_inner, batch, L) leaves, and B and C views of states 1 .. N of (groups, N + 2, batch, L)
+// leaves (batch stride L, state stride batch·L). channel_major_padded: the same with the rows of
+// u, delta, z and grad_y one step longer than L, strides that put rows off word boundaries, so
+// the kernels take their per-step path whatever L is.
+enum class Layout { dense, transposed, channel_major, channel_major_padded };
+
+const char* layout_name(Layout layout) {
+  switch (layout) {
+    case Layout::dense: return "";
+    case Layout::transposed: return " transposed";
+    case Layout::channel_major: return " channel-major";
+    case Layout::channel_major_padded: return " channel-major padded";
+  }
+  return "";
+}
+
+// x's values in a fresh tensor (`storage`) on a device that holds x's dims in the order `order`
+// (outermost first), with x's dim pad_dim `pad` entries longer (x at [pad / 2, pad / 2 + size)).
+// view() reads a tensor shaped like storage (it, or its gradient) as x.
+struct Placed {
+  Tensor storage;
+  std::vector<int64_t> order;
+  int64_t pad_dim = 0, pad = 0;
+
+  Tensor view(const Tensor& t) const {
+    std::vector<int64_t> dims(order.size());
+    for (size_t k = 0; k < order.size(); ++k) dims[size_t(order[k])] = int64_t(k);
+    const Tensor v = permute(t, dims);
+    if (pad == 0) return v;
+    const int64_t begin = pad / 2;
+    return slice(v, pad_dim, begin, v.shape()[size_t(pad_dim)] - (pad - begin));
+  }
+};
+
+Placed place(const Tensor& x, Device device, std::vector<int64_t> order, int64_t pad_dim = 0, int64_t pad = 0) {
+  Placed p{Tensor(), std::move(order), pad_dim, pad};
+  Shape shape;
+  for (int64_t d : p.order) shape.push_back(x.shape()[size_t(d)] + (d == pad_dim ? pad : 0));
+  const Tensor host = zeros(shape, {.dtype = x.dtype()});
+  copy_into(p.view(host), x);
+  p.storage = contiguous_copy(host, x.dtype(), device);
+  return p;
+}
+
+// Where a channel-major layout puts a (batch, d_inner, L) tensor, or B or C (state_rows).
+Placed place_channel_major(const Tensor& x, Device device, Layout layout, bool state_rows) {
+  if (state_rows) return place(x, device, {1, 2, 0, 3}, 2, 2);
+  return place(x, device, {1, 0, 2}, 2, layout == Layout::channel_major_padded ? 1 : 0);
+}
+
+bool is_channel_major(Layout layout) {
+  return layout == Layout::channel_major || layout == Layout::channel_major_padded;
+}
+
+// Runs the scan on `device` with fresh leaves, the inputs reaching the op in `layout`; backward
+// from y (through_y) or from final_state with gradient grad_out.
+Outcome run_on(const Inputs& in, Device device, bool through_y, const Tensor& grad_out, Layout layout = Layout::dense) {
+  const bool transposed = layout == Layout::transposed;
   std::vector<Tensor> leaves(9), args(9);
+  std::vector<Placed> placed(9);  // channel-major layouts: how a leaf maps to its argument
   for (size_t i = 0; i < 9; ++i) {
     if (!in.t[i].defined()) continue;
     const Tensor& x = in.t[i];
-    if (transposed && x.dim() >= 2) {
+    const bool rows = i == 0 || i == 1 || i == 6, state_rows = i == 3 || i == 4;
+    if (is_channel_major(layout) && (rows || state_rows)) {
+      placed[i] = place_channel_major(x, device, layout, state_rows);
+      leaves[i] = placed[i].storage;
+      leaves[i].set_requires_grad(true);
+      args[i] = placed[i].view(leaves[i]);
+    } else if (transposed && x.dim() >= 2) {
       // A leaf holding the values with the last two dims swapped; the op gets its transpose.
       const int64_t last = x.dim() - 1;
       Tensor swapped = contiguous_copy(transpose(x, last - 1, last), x.dtype(), device);
@@ -107,7 +174,12 @@ Outcome run_on(const Inputs& in, Device device, bool through_y, const Tensor& gr
   }
   SelectiveScanResult r =
       selective_scan(args[0], args[1], args[2], args[3], args[4], args[5], args[6], args[7], in.softplus, args[8]);
-  backward(through_y ? r.y : r.final_state, contiguous_copy(grad_out, grad_out.dtype(), device));
+  Tensor grad = contiguous_copy(grad_out, grad_out.dtype(), device);
+  if (through_y && is_channel_major(layout)) {  // grad_y in u's layout, as a mixer's would come
+    const Placed g = place_channel_major(grad_out, device, layout, false);
+    grad = g.view(g.storage);
+  }
+  backward(through_y ? r.y : r.final_state, grad);
   Outcome out{r.y, r.final_state, {}};
   for (size_t i = 0; i < 9; ++i) {
     if (!leaves[i].defined()) {
@@ -116,7 +188,10 @@ Outcome run_on(const Inputs& in, Device device, bool through_y, const Tensor& gr
     }
     REQUIRE(leaves[i].grad().defined());
     const int64_t last = leaves[i].dim() - 1;
-    out.grads.push_back(transposed && last >= 1 ? transpose(leaves[i].grad(), last - 1, last) : leaves[i].grad());
+    if (placed[i].storage.defined())
+      out.grads.push_back(placed[i].view(leaves[i].grad()));
+    else
+      out.grads.push_back(transposed && last >= 1 ? transpose(leaves[i].grad(), last - 1, last) : leaves[i].grad());
   }
   return out;
 }
@@ -132,8 +207,8 @@ void check_scaled(const Tensor& actual, const Tensor& expected, double rtol, con
 const char* const kNames[9] = {"du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias", "dinitial_state"};
 
 // Forward and both backward paths of one configuration on CPU and CUDA.
-void check_config(const Config& c, DType dtype, uint64_t seed, bool transposed = false) {
-  const std::string what = describe_config(c, dtype) + (transposed ? " transposed" : "");
+void check_config(const Config& c, DType dtype, uint64_t seed, Layout layout = Layout::dense) {
+  const std::string what = describe_config(c, dtype) + layout_name(layout);
   CAPTURE(what);
   const Inputs in = make_inputs(c, seed, dtype);
   const double tol = tolerance(dtype);
@@ -143,9 +218,11 @@ void check_config(const Config& c, DType dtype, uint64_t seed, bool transposed =
   for (bool through_y : {true, false}) {
     const std::string path = through_y ? " (through y)" : " (through final_state)";
     const Outcome ref = run_on(in, Device::cpu(), through_y, through_y ? gy : gf);
-    const Outcome got = run_on(in, gpu(), through_y, through_y ? gy : gf, transposed);
+    const Outcome got = run_on(in, gpu(), through_y, through_y ? gy : gf, layout);
     REQUIRE(got.y.device().is_cuda());
     CHECK(got.y.dtype() == dtype);
+    // y in u's dimension order: (d_inner, batch, L) storage for a channel-major u.
+    if (is_channel_major(layout)) CHECK(got.y.strides() == Shape{c.L, c.batch * c.L, 1});
     CHECK(got.final_state.dtype() == param);
     if (through_y) {
       check_scaled(got.y, ref.y, tol, what + " y");
@@ -233,8 +310,91 @@ TEST_CASE("cuda selective_scan over 65536 steps matches the CPU reference (f32 a
 }
 
 TEST_CASE("cuda selective_scan reads non-contiguous inputs") {
-  check_config({.batch = 2, .d_inner = 5, .L = 2049, .N = 16, .groups = 1}, DType::f32, 60000, true);
-  check_config({.batch = 2, .d_inner = 4, .L = 64, .N = 16, .groups = 4}, DType::bf16, 61000, true);
+  check_config({.batch = 2, .d_inner = 5, .L = 2049, .N = 16, .groups = 1}, DType::f32, 60000, Layout::transposed);
+  check_config({.batch = 2, .d_inner = 4, .L = 64, .N = 16, .groups = 4}, DType::bf16, 61000, Layout::transposed);
+}
+
+TEST_CASE("cuda selective_scan reads channel-major u, delta, z, grad_y and strided B, C in place") {
+  // L: multiples of 16 (every kernel on its whole-word path), of 4 only (the backward's), and odd
+  // (per step everywhere); groups 1 (Mamba-1: B and C shared by all channels) and d_inner.
+  uint64_t seed = 62000;
+  for (DType dtype : {DType::f32, DType::bf16})
+    for (int64_t L : {64, 300, 2048, 2049})
+      for (int64_t groups : {int64_t(1), int64_t(6)})
+        for (bool z : {true, false}) {
+          Config c{.batch = 2, .d_inner = 6, .L = L, .N = 16, .groups = groups};
+          c.z = z;
+          check_config(c, dtype, seed += 1000, Layout::channel_major);
+        }
+  // Rows off word boundaries: the per-step path at an L that would take the whole-word one.
+  for (DType dtype : {DType::f32, DType::bf16})
+    for (bool z : {true, false}) {
+      Config c{.batch = 2, .d_inner = 4, .L = 256, .N = 16, .groups = 2};
+      c.z = z;
+      check_config(c, dtype, seed += 1000, Layout::channel_major_padded);
+    }
+}
+
+TEST_CASE("cuda selective_scan returns y, du, ddelta and dz in a channel-major u's layout") {
+  // The launchers directly (the autograd graph would transpose the gradients back): the same
+  // values read densely and channel-major give bitwise the same results, y and the row
+  // gradients in u's layout, dB and dC contiguous. Three chunks: the chunk-map pass runs too.
+  const Config c{.batch = 3, .d_inner = 4, .L = 384, .N = 16, .groups = 2};
+  const std::array<bool, 9> needs{true, true, true, true, true, true, true, true, true};
+  uint64_t seed = 64000;
+  for (DType dtype : {DType::f32, DType::bf16})
+    for (Layout layout : {Layout::channel_major, Layout::channel_major_padded}) {
+      const std::string what = describe_config(c, dtype) + layout_name(layout);
+      CAPTURE(what);
+      const Inputs in = make_inputs(c, seed += 1000, dtype);
+      const Tensor gy = random_cpu({c.batch, c.d_inner, c.L}, seed + 100, dtype);
+      std::vector<Tensor> dense(9), strided(9);
+      for (size_t i = 0; i < 9; ++i)
+        if (in.t[i].defined()) dense[i] = strided[i] = on_gpu(in.t[i]);
+      std::vector<Placed> placed;  // keeps the views' storage alive
+      for (size_t i : {0, 1, 3, 4, 6}) {
+        placed.push_back(place_channel_major(in.t[i], gpu(), layout, i == 3 || i == 4));
+        strided[i] = placed.back().view(placed.back().storage);
+      }
+      const Placed gy_placed = place_channel_major(gy, gpu(), layout, false);
+      const Tensor gy_dense = on_gpu(gy), gy_strided = gy_placed.view(gy_placed.storage);
+      const int64_t row = layout == Layout::channel_major ? c.L : c.L + 1;
+      REQUIRE(strided[0].strides() == Shape{row, c.batch * row, 1});
+      REQUIRE(strided[3].strides() == Shape{c.L, (c.N + 2) * c.batch * c.L, c.batch * c.L, 1});
+      REQUIRE(gy_strided.strides() == strided[0].strides());
+
+      auto forward = [&](const std::vector<Tensor>& t) {
+        return cuda::selective_scan_fwd(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], in.softplus, t[8]);
+      };
+      auto backward_of = [&](const std::vector<Tensor>& t, const cuda::ScanForwardResult& f, const Tensor& g) {
+        return cuda::selective_scan_bwd(t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], in.softplus, t[8],
+                                        f.chunk_states, g, Tensor(), needs);
+      };
+      const cuda::ScanForwardResult fa = forward(dense), fb = forward(strided);
+      const cuda::ScanBackwardResult ga = backward_of(dense, fa, gy_dense), gb = backward_of(strided, fb, gy_strided);
+      // y, du, ddelta, dz: dense storage in u's dimension order, (d_inner, batch, L) here.
+      const Shape channel_major{c.L, c.batch * c.L, 1};
+      CHECK(fa.y.is_contiguous());
+      CHECK(fb.y.strides() == channel_major);
+      const std::vector<Tensor> a{ga.u, ga.delta, ga.A, ga.B, ga.C, ga.D, ga.z, ga.delta_bias, ga.initial_state};
+      const std::vector<Tensor> b{gb.u, gb.delta, gb.A, gb.B, gb.C, gb.D, gb.z, gb.delta_bias, gb.initial_state};
+      for (size_t i : {0, 1, 6}) {
+        CAPTURE(kNames[i]);
+        CHECK(a[i].is_contiguous());
+        CHECK(b[i].strides() == channel_major);
+      }
+      CHECK(b[3].is_contiguous());
+      CHECK(b[4].is_contiguous());
+      // Bitwise only where both take the same kernels (the padded rows take the per-step path;
+      // check_config compares those values against the CPU reference).
+      if (layout != Layout::channel_major) continue;
+      CHECK(fb.y.to_double_vector() == fa.y.to_double_vector());
+      CHECK(fb.final_state.to_double_vector() == fa.final_state.to_double_vector());
+      for (size_t i = 0; i < 9; ++i) {
+        CAPTURE(kNames[i]);
+        CHECK(b[i].to_double_vector() == a[i].to_double_vector());
+      }
+    }
 }
 
 TEST_CASE("cuda selective_scan saves the state entering every chunk") {
