@@ -223,6 +223,26 @@ Tensor as_contiguous(const Tensor& t) {
   return t.is_contiguous() ? t : contiguous_copy(t, t.dtype(), t.device());
 }
 
+Tensor empty_in_layout_of(const Tensor& t, TensorOptions options) {
+  if (t.is_contiguous()) return empty(t.shape(), options);
+  const Shape& shape = t.shape();
+  const int64_t dims = t.dim();
+  auto ordered = [&](int64_t i) { return shape[size_t(i)] > 1 && t.stride(i) != 0; };
+  std::vector<int64_t> order(size_t(dims), 0);  // outermost first; insertion sort, stable
+  for (int64_t i = 0; i < dims; ++i) order[size_t(i)] = i;
+  for (int64_t i = 1; i < dims; ++i)
+    for (int64_t j = i; j > 0; --j) {
+      const int64_t outer = order[size_t(j - 1)], inner = order[size_t(j)];
+      if (!ordered(outer) || !ordered(inner) || t.stride(outer) >= t.stride(inner)) break;
+      std::swap(order[size_t(j - 1)], order[size_t(j)]);
+    }
+  Shape dense(size_t(dims), 0), strides(size_t(dims), 0);
+  for (int64_t k = 0; k < dims; ++k) dense[size_t(k)] = shape[size_t(order[size_t(k)])];
+  const Shape dense_strides = contiguous_strides(dense);
+  for (int64_t k = 0; k < dims; ++k) strides[size_t(order[size_t(k)])] = dense_strides[size_t(k)];
+  return as_strided(empty(dense, options), shape, strides, 0);
+}
+
 void fill_(const Tensor& t, double value) {
   if (t.numel() == 0) return;
   if (!t.device().is_cpu()) {

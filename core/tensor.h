@@ -111,6 +111,11 @@ void copy_into(const Tensor& dst, const Tensor& src);
 Tensor contiguous_copy(const Tensor& src, DType dtype, Device device);
 // t itself when contiguous, else a contiguous copy (no autograd): for kernels that want dense input.
 Tensor as_contiguous(const Tensor& t);
+// An empty dense tensor of t's shape whose dims lie in memory in t's order (outermost: largest
+// stride; a dim of size 1 or stride 0 keeps its place), so that an op's output or gradient
+// follows its input's layout: a (batch, E, L) view with strides (L, batch·L, 1) gets (E, batch,
+// L) storage. A contiguous t gives a contiguous tensor.
+Tensor empty_in_layout_of(const Tensor& t, TensorOptions options);
 // Fills every element of t with value (converted to t's dtype).
 void fill_(const Tensor& t, double value);
 

@@ -4,6 +4,7 @@
 #include <initializer_list>
 
 #include "core/cuda/device_utils.cuh"
+#include "cuda/time_rows.h"
 
 namespace scanline::cuda {
 namespace {
@@ -112,7 +113,7 @@ constexpr int kCfStep = 8;                           // outputs a thread
 constexpr int64_t kCfTile = kCfThreads * kCfStep;    // time steps a block pass
 constexpr int kCfTilesPerPart = 4;                   // a backward part: 4096 time steps of one row
 
-// vec: every x and out row starts 16-byte aligned (rows_aligned), so whole 8-step packs are words.
+// vec: every x and out row starts 16-byte aligned (row_alignment), so whole 8-step packs are words.
 template <typename T, int KMAX>
 __global__ void __launch_bounds__(kCfThreads)
     conv_cf_forward(const T* __restrict__ x, Rows x_rows, const T* __restrict__ weight, const T* __restrict__ bias,
@@ -537,14 +538,9 @@ void check_output(const char* op, const Tensor& t, const Shape& shape, const cha
                  " to be a contiguous tensor of shape ", shape, " but found ", describe(t));
 }
 
-// A channels-first tensor whose time steps are adjacent (a length-1 row has nothing to step).
-bool time_adjacent(const Tensor& t) { return t.shape()[2] <= 1 || t.strides()[2] == 1; }
-
 // What the kernels read: channels-first rows in place in any order when their time steps are
 // adjacent, anything else (channels-last included) as a contiguous copy.
-Tensor readable(const Tensor& t, bool channels_last) {
-  return !channels_last && time_adjacent(t) ? t : as_contiguous(t);
-}
+Tensor readable(const Tensor& t, bool channels_last) { return channels_last ? as_contiguous(t) : time_contiguous(t); }
 
 // x-shaped outputs: channels-last contiguous; channels-first rows in any order (the op picks x's)
 // with adjacent time steps.
@@ -557,14 +553,6 @@ void check_activation_output(const char* op, const Tensor& t, const Shape& shape
 }
 
 Rows rows_of(const Tensor& t) { return t.defined() ? Rows{t.strides()[0], t.strides()[1]} : Rows{0, 0}; }
-
-// Whether every (b, c) row of p starts 16-byte aligned, so the channels-first kernels can move
-// whole 8-step packs (a null p, an absent tensor, does not count). Only dims of size >= 2 step.
-bool rows_aligned(const void* p, Rows r, int64_t batch, int64_t channels, int64_t elem_bytes) {
-  if (!p) return true;
-  return aligned16(p) && (batch < 2 || (r.batch_stride * elem_bytes) % 16 == 0) &&
-         (channels < 2 || (r.channel_stride * elem_bytes) % 16 == 0);
-}
 
 }  // namespace
 
@@ -594,9 +582,7 @@ void causal_conv1d_forward(const Tensor& x_in, const Tensor& weight_in, const Te
             px, pw, pb, po, batch, length, channels, k, silu, vec);
       } else {
         const Rows x_rows = rows_of(x), out_rows = rows_of(out);
-        const int64_t bytes = sizeof(T);
-        const bool vec = rows_aligned(px, x_rows, batch, channels, bytes) &&
-                         rows_aligned(po, out_rows, batch, channels, bytes);
+        const bool vec = row_alignment({x, out}) >= 16;
         const int64_t units = batch * channels * ((length + kCfTile - 1) / kCfTile);
         conv_cf_forward<T, KMAX><<<grid_for(units), kCfThreads, 0, stream>>>(
             px, x_rows, pw, pb, po, out_rows, batch * channels, channels, length, k, silu, vec);
@@ -654,10 +640,7 @@ void causal_conv1d_backward(const Tensor& x_in, const Tensor& weight_in, const T
             px, pw, pb, pg, pdx, partial, batch, length, channels, k, silu, vec);
       } else {
         const Rows x_rows = rows_of(x), grad_rows = rows_of(grad), dx_rows = rows_of(grad_x);
-        const int64_t bytes = sizeof(T);
-        const bool vec = rows_aligned(px, x_rows, batch, channels, bytes) &&
-                         rows_aligned(pg, grad_rows, batch, channels, bytes) &&
-                         rows_aligned(pdx, dx_rows, batch, channels, bytes);
+        const bool vec = row_alignment({x, grad, grad_x}) >= 16;
         conv_cf_backward<T, KMAX><<<grid_for(batch * channels * parts_per_batch), kCfThreads, 0, stream>>>(
             px, x_rows, pw, pb, pg, grad_rows, pdx, dx_rows, partial, batch * channels, channels, length, k, silu,
             vec, parts_per_batch);

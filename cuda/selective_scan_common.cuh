@@ -12,12 +12,10 @@
 // is associative; a chunk's states are the prefix scan of its maps applied to the state entering
 // the chunk. The gradient runs the same operator backwards in time (see selective_scan_bwd.cu).
 #include <algorithm>
-#include <initializer_list>
 #include <type_traits>
-#include <utility>
-#include <vector>
 
 #include "core/cuda/device_utils.cuh"
+#include "cuda/time_rows.h"
 
 namespace scanline::cuda::scan {
 
@@ -273,38 +271,8 @@ namespace scanline::cuda::scan {
 
 // ---- host: inputs as device tensors whose rows are contiguous in time --------------------------
 
-// t itself when each of its rows is contiguous in time (last stride 1), whatever its other
-// strides: the kernels address rows through them. Else a contiguous copy.
-inline Tensor time_contiguous(const Tensor& t) {
-  if (!t.defined()) return t;
-  const int64_t last = t.dim() - 1;
-  return t.shape()[last] == 1 || t.stride(last) == 1 ? t : as_contiguous(t);
-}
-
-// An empty, dense tensor of t's shape whose dimensions lie in memory in t's order (outermost:
-// largest stride; a dimension of size 1 or stride 0 keeps its place). y and the gradients of u,
-// delta and z take u's layout this way: a channel-major u, the (batch, d_inner, L) view with
-// strides (L, batch·L, 1) of an in_proj computed as W·xᵀ, gets (d_inner, batch, L) storage, so
-// the caller's transpose back is free too. A contiguous t gives a contiguous tensor.
-inline Tensor empty_in_layout_of(const Tensor& t, TensorOptions options) {
-  if (t.is_contiguous()) return empty(t.shape(), options);
-  const Shape& shape = t.shape();
-  const int64_t dims = t.dim();
-  auto ordered = [&](int64_t i) { return shape[size_t(i)] > 1 && t.stride(i) != 0; };
-  std::vector<int64_t> order(size_t(dims), 0);  // outermost first; insertion sort, stable
-  for (int64_t i = 0; i < dims; ++i) order[size_t(i)] = i;
-  for (int64_t i = 1; i < dims; ++i)
-    for (int64_t j = i; j > 0; --j) {
-      const int64_t outer = order[size_t(j - 1)], inner = order[size_t(j)];
-      if (!ordered(outer) || !ordered(inner) || t.stride(outer) >= t.stride(inner)) break;
-      std::swap(order[size_t(j - 1)], order[size_t(j)]);
-    }
-  Shape dense(size_t(dims), 0), strides(size_t(dims), 0);
-  for (int64_t k = 0; k < dims; ++k) dense[size_t(k)] = shape[size_t(order[size_t(k)])];
-  const Shape dense_strides = contiguous_strides(dense);
-  for (int64_t k = 0; k < dims; ++k) strides[size_t(order[size_t(k)])] = dense_strides[size_t(k)];
-  return as_strided(empty(dense, options), shape, strides, 0);
-}
+// Rows are read in place when their time steps are adjacent (time_contiguous, row_alignment:
+// cuda/time_rows.h); y and du, ddelta, dz take u's layout (empty_in_layout_of, core/tensor.h).
 
 // The scan's inputs ready for the kernels (copies only where needed): u, delta, z, B and C with
 // rows contiguous in time (time_contiguous), the small ones contiguous; with the sizes and the plan.
@@ -379,21 +347,6 @@ struct StateRows {
 template <typename T>
 StateRows<T> state_rows_of(const Tensor& t) {
   return {data_at<const T>(t), t.stride(0), t.stride(1), t.stride(2)};
-}
-
-// The largest power of two up to 16 that divides every row start of the given tensors, in
-// bytes: their base addresses and the strides of every dimension but time (dimensions of size
-// 1 never step). Undefined tensors do not count.
-inline int64_t row_alignment(std::initializer_list<Tensor> tensors) {
-  uint64_t bits = 16;
-  for (const Tensor& t : tensors) {
-    if (!t.defined()) continue;
-    bits |= uint64_t(reinterpret_cast<uintptr_t>(t.raw_data()));
-    const int64_t elem = int64_t(dtype_size(t.dtype()));
-    for (int64_t i = 0; i + 1 < t.dim(); ++i)
-      if (t.shape()[size_t(i)] > 1) bits |= uint64_t(t.stride(i) * elem);
-  }
-  return int64_t(bits & (~bits + 1));
 }
 
 // What both kernels read, as raw pointers and strides. align: row_alignment of u, delta, z, B

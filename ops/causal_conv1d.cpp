@@ -43,18 +43,14 @@ void check_inputs(const char* op, const Tensor& x, bool channels_last, const Ten
                    ": expected bias of shape (channels) = [", channels, "] but found ", describe(bias));
 }
 
-// A fresh tensor of x's shape for out and grad_x, in x's row order. Channels-first x whose
-// channel rows lie further apart than its batch rows, with time stride 1 (mamba_ssm's
-// channel-major in_proj output, strides (L, batch * L, 1)), gets a contiguous (channels, batch,
-// length) buffer seen as (batch, channels, length), so the next op reads it as it read x; every
-// other layout (a batch-broadcast x, stride 0, included) gets a contiguous tensor.
+// A fresh tensor of x's shape for out and grad_x. Channels-first x whose time steps are
+// adjacent gets x's dimension order (empty_in_layout_of): mamba_ssm's channel-major in_proj
+// output, strides (L, batch * L, 1), gets a contiguous (channels, batch, length) buffer seen as
+// (batch, channels, length), so the next op reads it as it read x. Every other layout (time
+// strided, channels-last) gets a contiguous tensor.
 Tensor empty_like_rows(const Tensor& x, bool channels_last) {
-  const Shape& s = x.shape();
-  const Shape& st = x.strides();
-  const bool channel_major = !channels_last && x.numel() > 0 && s[0] > 1 && s[1] > 1 &&
-                             (s[2] == 1 || st[2] == 1) && st[0] > 0 && st[1] > st[0];
-  if (!channel_major) return empty(s, x.options());
-  return as_strided(empty({s[1], s[0], s[2]}, x.options()), s, {s[2], s[0] * s[2], 1}, 0);
+  const bool time_adjacent = x.shape()[2] <= 1 || x.strides()[2] == 1;
+  return !channels_last && time_adjacent ? empty_in_layout_of(x, x.options()) : empty(x.shape(), x.options());
 }
 
 // Both public functions: out has x's shape and empty_like_rows' layout; the CPU kernels read and

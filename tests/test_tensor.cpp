@@ -51,3 +51,21 @@ TEST_CASE("detach shares storage and drops history") {
   CHECK_FALSE(d.requires_grad());
   CHECK(d.raw_data() == x.raw_data());
 }
+
+TEST_CASE("empty_in_layout_of follows the dimension order of its model tensor") {
+  // A (batch 2, E 3, L 4) view of (E, batch, L) storage: strides (L, batch·L, 1).
+  Tensor rows = zeros({3, 2, 4});
+  Tensor channel_major = as_strided(rows, {2, 3, 4}, {4, 8, 1}, 0);
+  Tensor out = empty_in_layout_of(channel_major, {.dtype = DType::bf16});
+  CHECK(out.shape() == Shape({2, 3, 4}));
+  CHECK(out.strides() == Shape({4, 8, 1}));
+  CHECK(out.dtype() == DType::bf16);
+  CHECK(out.offset() == 0);
+  // Contiguous, broadcast (stride 0) and size-1 dims keep a contiguous result.
+  CHECK(empty_in_layout_of(zeros({2, 3, 4}), {}).is_contiguous());
+  CHECK(empty_in_layout_of(as_strided(zeros({3, 4}), {2, 3, 4}, {0, 4, 1}, 0), {}).is_contiguous());
+  CHECK(empty_in_layout_of(as_strided(zeros({3, 1, 4}), {1, 3, 4}, {4, 4, 1}, 0), {}).is_contiguous());
+  // A time-strided (channels-last read as channels-first) view keeps that order too.
+  Tensor last = as_strided(zeros({2, 4, 3}), {2, 3, 4}, {12, 1, 3}, 0);
+  CHECK(empty_in_layout_of(last, {}).strides() == Shape({12, 1, 3}));
+}

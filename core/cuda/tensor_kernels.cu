@@ -221,21 +221,18 @@ std::optional<TransposePlan> plan_transpose(const Tensor& dst, const Tensor& src
   p.cols = shape[b];
   p.src_col_stride = src.strides()[b];
   p.dst_row_stride = dst.strides()[a];
+  // The other dims are the batch of matrices (layout_of_dims drops size-1 dims and merges runs).
   Shape batch_shape;
   std::vector<int64_t> src_strides, dst_strides;
   for (int d = 0; d < int(shape.size()); ++d) {
-    if (d == a || d == b || shape[d] == 1) continue;
+    if (d == a || d == b) continue;
     batch_shape.push_back(shape[d]);
     src_strides.push_back(src.strides()[d]);
     dst_strides.push_back(dst.strides()[d]);
   }
-  for (size_t d = 0; d < batch_shape.size(); ++d) {
-    p.batch_src.sizes[d] = p.batch_dst.sizes[d] = batch_shape[d];
-    p.batch_src.strides[d] = src_strides[d];
-    p.batch_dst.strides[d] = dst_strides[d];
-    p.batch *= batch_shape[d];
-  }
-  p.batch_src.ndim = p.batch_dst.ndim = int(batch_shape.size());
+  p.batch_src = layout_of_dims(batch_shape, src_strides);
+  p.batch_dst = layout_of_dims(batch_shape, dst_strides);
+  p.batch = numel_of(batch_shape);
   return p;  // the tile counts are the launcher's (its tile size)
 }
 
