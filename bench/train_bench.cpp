@@ -92,19 +92,6 @@ struct PhaseTimes {
   }
 };
 
-// As the trainer starts a data-parallel run: every rank takes rank 0's parameters, then averages
-// its gradients with the others in the config's buckets.
-std::unique_ptr<GradReducer> make_reducer(const RunConfig& config, LanguageModel& model, Communicator& comm) {
-  std::vector<Tensor> params = model.parameters();
-  for (Tensor& p : params) comm.broadcast(p, 0);
-  comm.wait_pending();
-  const DistributedConfig& d = config.distributed;
-  return std::make_unique<GradReducer>(
-      params, comm,
-      GradReducerOptions{.bucket_mb = d.bucket_mb,
-                         .reduce_dtype = compute_dtype(d.reduce_dtype)});
-}
-
 // Each step's loss averaged over the ranks (each rank's is its own batch's): the global batch's.
 std::vector<double> mean_over_ranks(const std::vector<double>& losses, Communicator& comm, Device device) {
   Tensor t = from_vector(std::vector<float>(losses.begin(), losses.end()), {int64_t(losses.size())}, device);
@@ -199,7 +186,8 @@ int run_train_bench(int argc, char** argv) {
   {
     Generator gen(config.train.seed);
     LanguageModel model(lm_config, gen, {.device = device});
-    const std::unique_ptr<GradReducer> reducer = dist ? make_reducer(config, model, *dist->comm) : nullptr;
+    const std::unique_ptr<GradReducer> reducer =
+        dist ? replicate_and_reduce(model.parameters(), *dist->comm, config.distributed) : nullptr;
     n_params = double(model.parameter_count());
     if (lead)
       std::printf("model: %.1fM parameters, pattern \"%s\", batch %lld x %lld tokens, %s\n", n_params / 1e6,

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <chrono>
+#include <utility>
 
 #include "trainer/nccl_communicator.h"
 
@@ -52,6 +53,16 @@ std::unique_ptr<DistributedRun> start_distributed(const RunConfig& config) {
   run->comm = make_nccl_communicator(info, gpu, run->rendezvous->blob(), std::move(options));
   return run;
 #endif
+}
+
+std::unique_ptr<GradReducer> replicate_and_reduce(std::vector<Tensor> params, Communicator& comm,
+                                                  const DistributedConfig& d) {
+  // References into `params`: a communicator may finish a collective at wait_pending().
+  for (Tensor& p : params) comm.broadcast(p, 0);
+  comm.wait_pending();
+  return std::make_unique<GradReducer>(
+      std::move(params), comm,
+      GradReducerOptions{.bucket_mb = d.bucket_mb, .reduce_dtype = compute_dtype(d.reduce_dtype)});
 }
 
 }  // namespace scanline

@@ -4,9 +4,12 @@
 // hands it to every rank and stays open as the liveness channel, and the NCCL communicator is
 // built under its watchdog. NCCL_NVLS_ENABLE=0 is set first unless the user set it.
 #include <memory>
+#include <vector>
 
 #include "core/device.h"
+#include "core/tensor.h"
 #include "trainer/communicator.h"
+#include "trainer/grad_reducer.h"
 #include "trainer/rank_env.h"
 #include "trainer/rendezvous.h"
 #include "trainer/run_config.h"
@@ -27,5 +30,11 @@ struct DistributedRun {
 // variable or the GPU count when the environment cannot work, CommError when the rendezvous or
 // NCCL fails.
 std::unique_ptr<DistributedRun> start_distributed(const RunConfig& config);
+
+// The model's side of a data-parallel start (the trainer's and `bench train`'s): every rank takes
+// rank 0's parameters (the same seed gives the same init; this makes it so whatever the ranks did
+// before), then the returned reducer averages their gradients in d's buckets and dtype.
+std::unique_ptr<GradReducer> replicate_and_reduce(std::vector<Tensor> params, Communicator& comm,
+                                                  const DistributedConfig& d);
 
 }  // namespace scanline

@@ -16,6 +16,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/config_loader.h"
 #include "trainer/device_select.h"
+#include "trainer/distributed_setup.h"
 #include "trainer/grad_clip.h"
 #include "trainer/grad_reducer.h"
 #include "trainer/lr_schedule.h"
@@ -166,17 +167,7 @@ Trainer::Trainer(RunConfig config, TrainerOptions options) : s_(std::make_unique
     s.last_checkpoint = *resume_path;
     spdlog::info("resumed from {} at step {} ({} tokens seen)", *resume_path, s.step, s.tokens_seen);
   }
-  if (s.world > 1) {
-    // Every rank starts from rank 0's parameters (the same seed gives the same init; this makes
-    // it so whatever the ranks did before), and averages its gradients with the others.
-    for (Tensor& p : s.param_tensors) s.options.comm->broadcast(p, 0);
-    s.options.comm->wait_pending();
-    const DistributedConfig& d = s.config.distributed;
-    s.reducer = std::make_unique<GradReducer>(
-        s.param_tensors, *s.options.comm,
-        GradReducerOptions{.bucket_mb = d.bucket_mb,
-                           .reduce_dtype = compute_dtype(d.reduce_dtype)});
-  }
+  if (s.world > 1) s.reducer = replicate_and_reduce(s.param_tensors, *s.options.comm, s.config.distributed);
   if (s.rank == 0) {
     const std::string metrics_path = (std::filesystem::path(s.config.train.run_dir) / "metrics.jsonl").string();
     s.metrics = std::make_unique<MetricsLog>(metrics_path, checkpoint ? s.step : -1);
